@@ -51,3 +51,7 @@ class DataError(HfKlasError):
 
 class CheckpointError(HfKlasError):
     """A training checkpoint that does not belong to the run being resumed."""
+
+
+class VersionError(HfKlasError):
+    """A file written by a newer hf_klas than the one reading it."""

@@ -1,0 +1,63 @@
+"""Capture what every block of an anchor outputs, with forward hooks.
+
+Hooks (rather than ``output_hidden_states``) give the raw residual stream after *every* block: transformers'
+last hidden state is already after the final norm, which would silently skew a logit lens or a stitch fit.
+Index convention used across hf_klas: ``outputs[0]`` = embedding output, ``outputs[k]`` = output of block
+``k-1`` (so ``outputs[k]`` is what block ``k`` receives).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+from .anatomy import anatomy_for, find_blocks, get_base
+
+
+def _first(out):
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@contextlib.contextmanager
+def capture_block_outputs(model: nn.Module, upto: int | None = None, stop_early: bool = True):
+    """Yield a list filled, on each forward, with ``[embed_out, block_0_out, ..., block_{upto-1}_out]``.
+
+    With ``stop_early`` the forward is aborted after block ``upto-1`` (nothing later is computed), which is
+    how stitch fitting runs only the prefix of an anchor.
+    """
+    fam = anatomy_for(model.config)
+    base = get_base(model)
+    blocks = find_blocks(model)
+    n = len(blocks) if upto is None else upto
+    outputs: list[torch.Tensor] = []
+    handles = []
+
+    def keep(_module, _inp, out):
+        outputs.append(_first(out))
+        if stop_early and upto is not None and len(outputs) == n + 1:
+            raise _StopForward
+
+    handles.append(getattr(base, fam.embed).register_forward_hook(keep))
+    for block in list(blocks)[:n]:
+        handles.append(block.register_forward_hook(keep))
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _StopForward(Exception):
+    pass
+
+
+def run_prefix(model: nn.Module, batch: dict, upto: int | None = None) -> list[torch.Tensor]:
+    """Run ``model`` on ``batch`` and return the block outputs up to ``upto`` (all blocks when None)."""
+    with capture_block_outputs(model, upto=upto) as outs:
+        try:
+            model(**batch, use_cache=False) if "input_ids" in batch else model(**batch)
+        except _StopForward:
+            pass
+    return list(outs)

@@ -1,0 +1,254 @@
+"""Where each supported family keeps its embeddings, blocks, final norm, head and rotary embedding.
+
+Architecture knowledge is *data* (``FAMILIES``), looked up explicitly and failing loudly for an unknown
+``model_type`` -- never guessed. The block list itself is discovered structurally (the ``ModuleList`` whose
+children are the class named in ``_no_split_modules``) because its path moved between transformers
+releases (ViT: ``encoder.layer`` in 5.0, ``layers`` in 5.23).
+
+This module ships inside stitched checkpoints (``trust_remote_code``): relative imports only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .errors import IncompatibleAnchorsError, UnknownFamilyError
+
+CAUSAL_LM = "causal-lm"
+IMAGE_CLASSIFICATION = "image-classification"
+
+
+@dataclass(frozen=True)
+class FamilyAnatomy:
+    """Facts about one family that cannot be discovered from the module tree.
+
+    Paths are attribute names: ``base`` inside the task model (``LlamaForCausalLM.model``), the rest inside
+    the base model (or the task model for ``head``).
+    """
+
+    task: str
+    base: str
+    embed: str
+    norm: str
+    head: str
+    rotary: str | None = None
+    # Gemma-3: one rotary module called with the layer type (local vs global rope).
+    rotary_takes_layer_type: bool = False
+    # Mistral: a global ``sliding_window`` applies to every layer (no ``layer_types`` in its config).
+    global_sliding_window: bool = False
+    # ViT/DeiT: tokens before the patches (CLS, distillation). The classifier reads token 0.
+    prefix_tokens: int = 0
+    # Kwargs the base model class needs to leave out parts we never use (ViT pooler).
+    base_kwargs: dict = field(default_factory=dict)
+
+
+FAMILIES: dict[str, FamilyAnatomy] = {
+    "llama": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
+    "mistral": FamilyAnatomy(
+        CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb", global_sliding_window=True
+    ),
+    "qwen2": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
+    "qwen3": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
+    "gemma3_text": FamilyAnatomy(
+        CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb", rotary_takes_layer_type=True
+    ),
+    "vit": FamilyAnatomy(
+        IMAGE_CLASSIFICATION, "vit", "embeddings", "layernorm", "classifier", prefix_tokens=1,
+        base_kwargs={"add_pooling_layer": False},
+    ),
+    "deit": FamilyAnatomy(
+        IMAGE_CLASSIFICATION, "deit", "embeddings", "layernorm", "classifier", prefix_tokens=2,
+        base_kwargs={"add_pooling_layer": False},
+    ),
+}
+
+
+def anatomy_for(config) -> FamilyAnatomy:
+    """The anatomy of ``config``'s family, or an error that lists the supported families."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        raise UnknownFamilyError(
+            f"Model type {model_type!r} is not a family hf_klas knows how to stitch "
+            f"(supported: {', '.join(sorted(FAMILIES))}).",
+            "Use anchors of a supported family, or add an entry to hf_klas.anatomy.FAMILIES "
+            "(a FamilyAnatomy naming its base/embed/norm/head attributes) with a test.",
+        )
+    return FAMILIES[model_type]
+
+
+def layer_types_of(config) -> list[str]:
+    """Per-layer attention kind in the anchor's own order ("full_attention" / "sliding_attention")."""
+    n = config.num_hidden_layers
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)[:n]
+    fam = FAMILIES.get(getattr(config, "model_type", None))
+    if fam is not None and fam.global_sliding_window and getattr(config, "sliding_window", None):
+        return ["sliding_attention"] * n
+    return ["full_attention"] * n
+
+
+def _block_class_names(model: nn.Module) -> set[str]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return {n for n in names if "Embedding" not in n}
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's list of transformer blocks, found structurally.
+
+    It is the ``ModuleList`` whose children are all instances of a class named in ``_no_split_modules``
+    (what FSDP wraps and ``device_map`` keeps whole). Exactly one such list must exist.
+    """
+    names = _block_class_names(model)
+    found = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) > 0:
+            if all(type(child).__name__ in names for child in module):
+                found.append((path, module))
+    if len(found) != 1:
+        raise UnknownFamilyError(
+            f"Could not find exactly one block list in {type(model).__name__} "
+            f"(block classes {sorted(names)}; found {[p for p, _ in found]}).",
+            "Check that the model is a supported family and loaded with a supported transformers version.",
+        )
+    return found[0][1]
+
+
+def find_block_path(model: nn.Module) -> str:
+    """Dotted path of :func:`find_blocks` (used to map checkpoint tensor names)."""
+    blocks = find_blocks(model)
+    for path, module in model.named_modules():
+        if module is blocks:
+            return path
+    raise AssertionError("unreachable")
+
+
+def get_base(model: nn.Module, config=None) -> nn.Module:
+    """The base model inside a task model (``LlamaForCausalLM.model``); a base model is returned as is."""
+    fam = anatomy_for(config if config is not None else model.config)
+    return getattr(model, fam.base, model)
+
+
+def get_final_norm(model: nn.Module) -> nn.Module:
+    """The family's final norm -- explicit lookup, failing if absent (no heuristics)."""
+    fam = anatomy_for(model.config)
+    base = get_base(model)
+    norm = getattr(base, fam.norm, None)
+    if not isinstance(norm, nn.Module):
+        raise UnknownFamilyError(
+            f"{type(model).__name__} has no final norm at '{fam.base}.{fam.norm}'.",
+            "The installed transformers version moved it; update hf_klas.anatomy.FAMILIES.",
+        )
+    return norm
+
+
+def get_head(model: nn.Module) -> nn.Linear:
+    """The unembedding / classifier. For a causal LM without ``lm_head`` (a base model), the tied input
+    embedding is returned wrapped as a Linear view so a logit lens still works."""
+    fam = anatomy_for(model.config)
+    head = getattr(model, fam.head, None)
+    if isinstance(head, nn.Linear):
+        return head
+    if fam.task == CAUSAL_LM:
+        embed = getattr(get_base(model), fam.embed, None)
+        if isinstance(embed, nn.Embedding) and getattr(model.config, "tie_word_embeddings", False):
+            lin = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False, device=embed.weight.device,
+                            dtype=embed.weight.dtype)
+            lin.weight = embed.weight
+            return lin
+    raise UnknownFamilyError(
+        f"{type(model).__name__} has no head at '{fam.head}'.",
+        "Load the anchor with its task class (AutoModelForCausalLM / AutoModelForImageClassification).",
+    )
+
+
+def final_logit_softcap(config) -> float | None:
+    """Gemma-style tanh soft-capping of the final logits (None for families without it)."""
+    return getattr(config, "final_logit_softcapping", None)
+
+
+def check_compatible(front_config, back_config) -> FamilyAnatomy:
+    """Refuse pairs that cannot be stitched; returns the shared task anatomy."""
+    ff, fb = anatomy_for(front_config), anatomy_for(back_config)
+    if ff.task != fb.task:
+        raise IncompatibleAnchorsError(
+            f"The front anchor is a {ff.task} model ({front_config.model_type}) and the back anchor a "
+            f"{fb.task} model ({back_config.model_type}); a stitch must stay within one task.",
+            "Stitch two language models or two vision models of one family.",
+        )
+    if ff.task == CAUSAL_LM:
+        if front_config.vocab_size != back_config.vocab_size:
+            raise IncompatibleAnchorsError(
+                f"The anchors have different vocabularies ({front_config.vocab_size} vs "
+                f"{back_config.vocab_size} tokens): the front embeds token ids the back head cannot name.",
+                "Use two checkpoints that share one tokenizer (e.g. Llama-3.2-1B with Llama-3.2-3B).",
+            )
+    else:
+        for key in ("image_size", "patch_size", "num_channels"):
+            if getattr(front_config, key, None) != getattr(back_config, key, None):
+                raise IncompatibleAnchorsError(
+                    f"The anchors differ in {key} ({getattr(front_config, key, None)} vs "
+                    f"{getattr(back_config, key, None)}), so their token sequences do not line up.",
+                    "Use vision anchors with the same image size, patch size and channels.",
+                )
+        if ff.prefix_tokens != fb.prefix_tokens:
+            raise IncompatibleAnchorsError(
+                f"The anchors have different prefix tokens ({ff.prefix_tokens} vs {fb.prefix_tokens}: "
+                f"{front_config.model_type} vs {back_config.model_type}).",
+                "Stitch ViT with ViT and DeiT with DeiT.",
+            )
+    return fb
+
+
+# --- transformers version compatibility -------------------------------------------------------------------
+# 5.0 passes ``cache_position`` to masks and layers and calls the mask argument ``input_embeds``; later 5.x
+# releases dropped ``cache_position`` and renamed the argument. Detect once from the installed signature.
+def _mask_api():
+    from transformers import masking_utils
+
+    params = inspect.signature(masking_utils.create_causal_mask).parameters
+    return masking_utils, "cache_position" in params, ("inputs_embeds" if "inputs_embeds" in params else "input_embeds")
+
+
+def build_masks(config, layer_types, inputs_embeds, attention_mask, past_key_values, position_ids, cache_position):
+    """Causal masks for each layer type present, built the way the family's own model builds them."""
+    masking_utils, wants_cache_position, embeds_name = _mask_api()
+    kwargs = {
+        "config": config,
+        embeds_name: inputs_embeds,
+        "attention_mask": attention_mask,
+        "past_key_values": past_key_values,
+        "position_ids": position_ids,
+    }
+    if wants_cache_position:
+        kwargs["cache_position"] = cache_position
+    masks = {}
+    for layer_type in set(layer_types):
+        if layer_type == "sliding_attention":
+            masks[layer_type] = masking_utils.create_sliding_window_causal_mask(**kwargs)
+        else:
+            masks[layer_type] = masking_utils.create_causal_mask(**kwargs)
+    return masks
+
+
+def layers_want_cache_position() -> bool:
+    return _mask_api()[1]
+
+
+def rotary_embeddings(rotary: nn.Module, fam: FamilyAnatomy, hidden: torch.Tensor, position_ids, layer_types):
+    """Position embeddings per layer type (one tuple shared by all types for single-rope families)."""
+    if fam.rotary_takes_layer_type:
+        return {t: rotary(hidden, position_ids, t) for t in set(layer_types)}
+    pe = rotary(hidden, position_ids)
+    return {t: pe for t in set(layer_types)}
+
+
+def set_layer_index(block: nn.Module, index: int) -> None:
+    """Point every submodule that writes the KV cache at ``index`` (its position in the stitched stack)."""
+    for module in block.modules():
+        if hasattr(module, "layer_idx"):
+            module.layer_idx = index

@@ -1,0 +1,157 @@
+"""Calibration data in any form users have it, turned into model-ready batches.
+
+Accepted: a list of strings (tokenised with the anchor's tokenizer), a ``datasets.Dataset`` with a text or
+image/pixel column, a list of tensors (``input_ids`` rows or ``pixel_values``), or a list of batch dicts.
+
+Default when none is given (offline, documented):
+- LLMs: English prose from the docstrings of a fixed list of Python standard-library modules
+  (``DEFAULT_TEXT_MODULES``), split into paragraphs of at least 200 characters. Always present, no download.
+- Vision: the first images of the Fashion-MNIST test split (Debian ``dataset-fashion-mnist``), run through the
+  anchor's image processor. Other vision anchors should pass their own calibration images.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import torch
+
+from .anatomy import CAUSAL_LM, anatomy_for
+from .errors import CalibrationError
+
+DEFAULT_TEXT_MODULES = (
+    "json", "csv", "argparse", "collections", "functools", "itertools", "pathlib", "logging", "unittest",
+    "datetime", "decimal", "fractions", "statistics", "random", "string", "textwrap", "difflib", "heapq",
+    "bisect", "shutil", "tempfile", "zipfile", "tarfile", "gzip", "hashlib", "secrets", "uuid", "socket",
+    "threading", "queue", "subprocess", "contextlib", "abc", "dataclasses", "enum", "typing", "inspect",
+    "copy", "pprint", "sqlite3", "email", "http.client", "urllib.parse", "html", "xml.dom", "calendar",
+)
+
+
+def default_calibration_texts(limit: int = 64, min_chars: int = 200) -> list[str]:
+    """Deterministic English paragraphs from standard-library docstrings (see module docstring)."""
+    texts: list[str] = []
+    for name in DEFAULT_TEXT_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # pragma: no cover - stdlib modules missing on exotic builds
+            continue
+        docs = [inspect.getdoc(module) or ""]
+        for attr in sorted(dir(module)):
+            if not attr.startswith("_"):
+                docs.append(inspect.getdoc(getattr(module, attr, None)) or "")
+        for doc in docs:
+            for para in doc.split("\n\n"):
+                para = " ".join(para.split())
+                if len(para) >= min_chars and para not in texts:
+                    texts.append(para)
+                    if len(texts) >= limit:
+                        return texts
+    return texts
+
+
+def default_calibration_images(processor, limit: int = 256) -> list[torch.Tensor]:
+    from .data.fashion_mnist import load_fashion_mnist
+
+    ds = load_fashion_mnist("test", limit=limit)
+    return [_images_to_pixels(processor, ds["image"])]
+
+
+def _images_to_pixels(processor, images) -> torch.Tensor:
+    if processor is None:
+        raise CalibrationError("Images were given for calibration but the anchor has no image processor.",
+                               "Pass pixel_values tensors instead, or save the image processor with the anchor.")
+    return processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+
+def _batched(rows: list[torch.Tensor], batch_size: int):
+    for k in range(0, len(rows), batch_size):
+        yield rows[k:k + batch_size]
+
+
+def calibration_batches(calibration, config, preprocessor=None, batch_size: int = 8, max_length: int = 128,
+                        max_samples: int | None = None) -> list[dict]:
+    """Batches of model inputs for ``config``'s task; raises :class:`CalibrationError` for empty/odd data."""
+    task = anatomy_for(config).task
+    if calibration is None:
+        if task == CAUSAL_LM:
+            calibration = default_calibration_texts()
+        else:
+            calibration = default_calibration_images(preprocessor)
+    try:
+        import datasets
+
+        if isinstance(calibration, datasets.Dataset):
+            calibration = _from_dataset(calibration, task, preprocessor)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(calibration, torch.Tensor):
+        calibration = [calibration]
+    if not isinstance(calibration, (list, tuple)) or len(calibration) == 0:
+        raise CalibrationError(
+            f"Calibration data is empty or of an unsupported type ({type(calibration).__name__}).",
+            "Pass a non-empty list of strings, a datasets.Dataset with a text/image column, or tensors.",
+        )
+    if max_samples is not None:
+        calibration = list(calibration)[:max_samples]
+    first = calibration[0]
+    if isinstance(first, dict):
+        return list(calibration)
+    if task == CAUSAL_LM:
+        return _text_batches(calibration, preprocessor, batch_size, max_length)
+    return _image_batches(calibration, preprocessor, batch_size)
+
+
+def _from_dataset(ds, task, preprocessor):
+    cols = ds.column_names
+    if task == CAUSAL_LM:
+        for key in ("text", "content", "prompt", "input_ids"):
+            if key in cols:
+                return list(ds[key]) if key != "input_ids" else [torch.tensor(r) for r in ds[key]]
+        raise CalibrationError(f"The calibration dataset has no text column (columns: {cols}).",
+                               "Rename your text column to 'text' (ds.rename_column(old, 'text')).")
+    for key in ("pixel_values", "image", "img"):
+        if key in cols:
+            if key == "pixel_values":
+                return [torch.as_tensor(x) for x in ds[key]]
+            return [_images_to_pixels(preprocessor, ds[key])]
+    raise CalibrationError(f"The calibration dataset has no image column (columns: {cols}).",
+                           "Provide an 'image' or 'pixel_values' column.")
+
+
+def _text_batches(items, tokenizer, batch_size, max_length):
+    if isinstance(items[0], str):
+        if tokenizer is None:
+            raise CalibrationError("Text calibration data needs a tokenizer, and the anchor has none.",
+                                   "Pass tokenized input_ids tensors, or an anchor saved with its tokenizer.")
+        rows = [torch.tensor(tokenizer(t, truncation=True, max_length=max_length)["input_ids"]) for t in items]
+    else:
+        rows = [torch.as_tensor(t).reshape(-1)[:max_length] for t in items]
+    rows = [r.long() for r in rows if r.numel() > 1]
+    if not rows:
+        raise CalibrationError("The calibration data tokenised to nothing (every text gave fewer than 2 tokens).",
+                               "Pass longer texts (a few sentences each), or omit calibration for the default.")
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    pad = 0 if pad is None else pad
+    batches = []
+    for chunk in _batched(rows, batch_size):
+        width = max(len(r) for r in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for k, r in enumerate(chunk):  # right padding: positions stay 0..L-1 for every row
+            ids[k, : len(r)] = r
+            mask[k, : len(r)] = 1
+        batches.append({"input_ids": ids, "attention_mask": mask})
+    return batches
+
+
+def _image_batches(items, processor, batch_size):
+    tensors = []
+    for item in items:
+        t = item if isinstance(item, torch.Tensor) else _images_to_pixels(processor, [item])
+        tensors.append(t if t.dim() == 4 else t.unsqueeze(0))
+    pixels = torch.cat(tensors)
+    if len(pixels) == 0:
+        raise CalibrationError("The calibration images are empty.", "Pass at least one image.")
+    return [{"pixel_values": pixels[k:k + batch_size]} for k in range(0, len(pixels), batch_size)]

@@ -1,0 +1,20 @@
+"""Tiny random anchors with the shape relations of the real pairs (shared by the tests)."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+
+def llama_pair(vocab: int = 128, seed: int = 0):
+    """Front/back like Llama-3.2-1B/3B: different hidden size, head_dim and KV heads; tied embeddings."""
+    torch.manual_seed(seed)
+    front = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, tie_word_embeddings=True, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    back = LlamaForCausalLM(LlamaConfig(
+        vocab_size=vocab, hidden_size=96, intermediate_size=192, num_hidden_layers=6, num_attention_heads=3,
+        num_key_value_heads=1, head_dim=32, tie_word_embeddings=True, max_position_embeddings=256,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    return front.eval(), back.eval()
