@@ -287,11 +287,23 @@ def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: i
     model.to(dtype)
     load_anchor_weights(model, config, front, back)
     _init_owned(model)
+    model.config.stitch_info = stitch_info(config)
     _copy_generation_config(model, back)
     model._hf_klas_preprocessor = back.load_preprocessor() or front.load_preprocessor()
     model.config.name_or_path = f"stitched({front.name_or_path}[:{front_blocks}] -> {back.name_or_path}[{back_start}:])"
     model.eval()
     return model
+
+
+def stitch_info(config: StitchedConfig, seq_len: int = 128) -> dict:
+    """FLOPs and params of this configuration (recorded in the config and the model card)."""
+    from .flops import stitch_flops, stitch_params
+
+    f, b, i, j = config.front_config, config.back_config, config.front_blocks, config.back_start
+    is_lm = config.task == CAUSAL_LM
+    flops = stitch_flops(f, b, i, j, seq_len=seq_len if is_lm else None)
+    return {"flops": int(flops.total), "params": int(stitch_params(f, b, i, j).total),
+            "flops_unit": f"per sequence of {seq_len} tokens" if is_lm else "per image"}
 
 
 @torch.no_grad()

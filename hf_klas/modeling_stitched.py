@@ -29,6 +29,7 @@ from .anatomy import (
     set_layer_index,
 )
 from .configuration_stitched import StitchedConfig
+from .model_card import write_model_card
 
 
 def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
@@ -39,6 +40,12 @@ def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
     for name in drop:
         setattr(part, name, None)
     return part
+
+
+def _checkpointing(model) -> bool:
+    # `is_gradient_checkpointing` became `is_activation_checkpointing` after 5.0 (the old name warns).
+    flag = getattr(type(model), "is_activation_checkpointing", None)
+    return bool(model.is_activation_checkpointing if flag is not None else model.is_gradient_checkpointing)
 
 
 class StitchedPreTrainedModel(PreTrainedModel):
@@ -104,6 +111,16 @@ class StitchedPreTrainedModel(PreTrainedModel):
         out = super().set_attn_implementation(attn_implementation, *args, **kwargs)
         for part in (self.front, self.back):
             part.config._attn_implementation = self.config._attn_implementation
+        return out
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Standard save, plus the tokenizer/image processor it was built with and a model card."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            preprocessor = getattr(self, "_hf_klas_preprocessor", None)
+            if preprocessor is not None:
+                preprocessor.save_pretrained(save_directory)
+            write_model_card(save_directory, self.config)
         return out
 
     def _sync_attn_implementation(self):
@@ -183,7 +200,7 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         self._sync_attn_implementation()
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if self.training and self.is_gradient_checkpointing:
+        if self.training and _checkpointing(self):
             use_cache = False
         output_hidden_states = bool(output_hidden_states)
 
