@@ -78,8 +78,11 @@ def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor,
         name = src.name
         if name not in reader and src.fallback is not None and src.fallback in reader:
             name = src.fallback
+        target = state[key]
         if name in reader:
-            tensor = reader.get(name)
+            tensor = reader.get(name, out=target)
+            if tensor is target:
+                continue
         else:
             # Checkpoint names differ from module names (a legacy layout transformers renames on load):
             # load the anchor through transformers once and read module names from it.
@@ -94,7 +97,6 @@ def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor,
                 raise HfKlasError(f"Tensor {name!r} was not found in anchor {anchors[src.anchor].name_or_path}.",
                                   "Check that the anchor is a complete checkpoint of a supported family.")
             tensor = sd[name]
-        target = state[key]
         if tensor.shape != target.shape:
             raise IncompatibleAnchorsError(
                 f"Tensor {name} of the {src.anchor} anchor has shape {tuple(tensor.shape)}, expected "

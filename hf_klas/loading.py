@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,47 +31,77 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HF_KLAS_CACHE", Path.home() / ".cache" / "hf_klas"))
 
 
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+
+
+def _read_header(path: Path) -> tuple[int, dict]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    header.pop("__metadata__", None)
+    return 8 + length, header
+
+
 class TensorReader:
-    """Read individual tensors from a directory of safetensors shards, counting what was read."""
+    """Read individual tensors from a directory of safetensors shards, counting what was read.
+
+    Tensors are read with plain ``readinto`` straight into their destination (the stitched model's own
+    parameter when dtypes agree), so nothing of the checkpoint stays mapped and the only memory used is the
+    stitched model's. The safetensors layout (8-byte header length, JSON header, raw little-endian data) is a
+    stable public format.
+    """
 
     def __init__(self, directory: str | Path):
-        from safetensors import safe_open
-
         self.directory = Path(directory)
         index = self.directory / SAFE_INDEX
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         elif (self.directory / SAFE_WEIGHTS).is_file():
-            with safe_open(self.directory / SAFE_WEIGHTS, framework="pt") as f:
-                weight_map = {k: SAFE_WEIGHTS for k in f.keys()}
+            shards = [SAFE_WEIGHTS]
         else:
             raise HfKlasError(
                 f"No safetensors weights in {self.directory} (looked for {SAFE_WEIGHTS} and {SAFE_INDEX}).",
                 "Save the anchor with save_pretrained(..., safe_serialization=True), or pass the model object.",
             )
-        self.weight_map: dict[str, str] = weight_map
-        self._handles: dict[str, object] = {}
-        self._safe_open = safe_open
+        self._entries: dict[str, tuple[Path, int, dict]] = {}
+        for shard in shards:
+            base, header = _read_header(self.directory / shard)
+            for name, info in header.items():
+                self._entries[name] = (self.directory / shard, base, info)
         self.names_read: list[str] = []
         self.bytes_read = 0
 
     def keys(self):
-        return self.weight_map.keys()
+        return self._entries.keys()
 
     def __contains__(self, name: str) -> bool:
-        return name in self.weight_map
+        return name in self._entries
 
-    def get(self, name: str) -> torch.Tensor:
-        shard = self.weight_map[name]
-        if shard not in self._handles:
-            self._handles[shard] = self._safe_open(self.directory / shard, framework="pt")
-        tensor = self._handles[shard].get_tensor(name)
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The tensor ``name``; read directly into ``out`` when it has the stored dtype and shape."""
+        path, base, info = self._entries[name]
+        dtype, shape = _DTYPES[info["dtype"]], tuple(info["shape"])
+        start, end = info["data_offsets"]
+        fits = (out is not None and out.dtype == dtype and tuple(out.shape) == shape and out.is_contiguous()
+                and out.device.type == "cpu")
+        dest = out if fits else torch.empty(shape, dtype=dtype)
+        if end > start:
+            view = dest.reshape(-1).view(torch.uint8).numpy()
+            with open(path, "rb") as f:
+                f.seek(base + start)
+                if f.readinto(memoryview(view)) != end - start:
+                    raise HfKlasError(f"{path.name} ended early while reading {name}.",
+                                      "The checkpoint is truncated; download or save it again.")
         self.names_read.append(name)
-        self.bytes_read += tensor.numel() * tensor.element_size()
-        return tensor
+        self.bytes_read += end - start
+        return dest
 
     def close(self):
-        self._handles.clear()
+        pass
 
 
 @dataclass
@@ -143,7 +174,7 @@ class _ModuleTensors:
     def keys(self):
         return self._sd.keys()
 
-    def get(self, name):
+    def get(self, name, out=None):
         self.names_read.append(name)
         return self._sd[name]
 

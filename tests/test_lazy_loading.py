@@ -18,9 +18,9 @@ def test_lazy_build_reads_only_needed_tensors_from_shards(tmp_path, monkeypatch)
     reads: dict[str, list[str]] = {}
     original = TensorReader.get
 
-    def spy(self, name):
+    def spy(self, name, out=None):
         reads.setdefault(self.directory.name, []).append(name)
-        return original(self, name)
+        return original(self, name, out=out)
 
     monkeypatch.setattr(TensorReader, "get", spy)
     m = build_stitched(resolve_anchor(tmp_path / "front"), resolve_anchor(tmp_path / "back"), 2, 3)

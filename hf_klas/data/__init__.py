@@ -1,0 +1,1 @@
+"""Offline datasets: Fashion-MNIST from Debian IDX files, Debian package descriptions."""

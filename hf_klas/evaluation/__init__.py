@@ -1,0 +1,31 @@
+"""Evaluation: offline ROUGE, generation, perplexity, top-1 accuracy, and Pareto fronts with their AUC."""
+
+from .accuracy import top1_accuracy
+from .generation import generate_texts
+from .pareto import (
+    AUC_DEFINITION,
+    ParetoPoint,
+    attainment_curve,
+    front_auc,
+    pareto_front,
+    plot_pareto,
+    write_pareto_table,
+)
+from .perplexity import perplexity
+from .rouge import ROUGE_METRIC_DIR, Rouge, load_rouge
+
+__all__ = [
+    "AUC_DEFINITION",
+    "ParetoPoint",
+    "ROUGE_METRIC_DIR",
+    "Rouge",
+    "attainment_curve",
+    "front_auc",
+    "generate_texts",
+    "load_rouge",
+    "pareto_front",
+    "perplexity",
+    "plot_pareto",
+    "top1_accuracy",
+    "write_pareto_table",
+]
