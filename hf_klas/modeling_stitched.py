@@ -29,7 +29,7 @@ from .anatomy import (
     set_layer_index,
 )
 from .configuration_stitched import StitchedConfig
-from .model_card import write_model_card
+from .model_card import CARD_MARKER, render_model_card, write_model_card
 
 
 def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
@@ -122,6 +122,32 @@ class StitchedPreTrainedModel(PreTrainedModel):
                 preprocessor.save_pretrained(save_directory)
             write_model_card(save_directory, self.config)
         return out
+
+    def push_to_hub(self, *args, **kwargs):
+        """The standard ``PushToHubMixin`` push, keeping our model card.
+
+        transformers replaces README.md with the repo's remote card, or a generic template when there is none;
+        we use the template's slot for our card (and replace our own older card), but a README a user wrote on
+        the Hub is kept.
+        """
+        import transformers.utils.hub as hub_utils
+        from huggingface_hub import ModelCard
+
+        original = hub_utils.create_and_tag_model_card
+        config = self.config
+
+        def card_for(repo_id, tags=None, token=None, **kw):
+            card = original(repo_id, tags, token=token, **kw)
+            text = str(card.content)
+            if CARD_MARKER in text or "has been automatically generated" in text:
+                card = ModelCard(render_model_card(config))
+            return card
+
+        hub_utils.create_and_tag_model_card = card_for
+        try:
+            return super().push_to_hub(*args, **kwargs)
+        finally:
+            hub_utils.create_and_tag_model_card = original
 
     def _sync_attn_implementation(self):
         impl = self.config._attn_implementation

@@ -17,4 +17,4 @@ OLD=.venv-transformers-5.0
 "$OLD/bin/python" -m pip --disable-pip-version-check -q install -c constraints.txt torch==2.13.0
 "$OLD/bin/python" -m pip --disable-pip-version-check -q install -c constraints.txt "transformers==5.0.0" -e ".[test]"
 "$OLD/bin/python" -m pytest -q -m "not slow and not integration" tests/test_stitched_causal_lm.py \
-  tests/test_stitched_vision.py tests/test_lazy_loading.py tests/test_bad_input.py tests/test_stitched_flops.py
+  tests/test_stitched_vision.py tests/test_lazy_loading.py tests/test_bad_input.py tests/test_stitched_flops.py tests/test_push_to_hub.py
