@@ -37,6 +37,16 @@ def hub(monkeypatch):
 
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    # huggingface_hub also exports module-level functions bound to a default HfApi at import time
+    import huggingface_hub
+    import transformers.utils.hub as hub_utils
+
+    for mod in (huggingface_hub, huggingface_hub.hf_api, hub_utils):
+        if hasattr(mod, "create_repo"):
+            monkeypatch.setattr(mod, "create_repo", lambda repo_id, **kw: create_repo(None, repo_id, **kw))
+        if hasattr(mod, "create_commit"):
+            monkeypatch.setattr(mod, "create_commit", lambda repo_id, operations, **kw: create_commit(
+                None, repo_id, operations, **kw))
     monkeypatch.setattr(ModelCard, "load", staticmethod(load))
     return uploaded, remote_readme
 
