@@ -1,0 +1,412 @@
+"""``hf-klas evaluate`` and ``hf-klas pareto``: thin runners over :mod:`hf_klas.evaluation`'s functions.
+
+* :class:`EvaluateOptions` / :func:`run_evaluate` -- one model (stitched directory, anchor alias / directory /
+  Hub id): perplexity (text), ROUGE (generation from a prompt column, scored against a target column) or top-1
+  accuracy (images), with the model's forward FLOPs and parameters.
+* :class:`ParetoOptions` / :func:`run_pareto` -- every candidate of a plan directory (built from the anchors with
+  the least-squares stitch, i.e. before finetuning) and/or a list of stitched model directories (e.g. the
+  ``stitch_i<i>_j<j>`` folders ``hf-klas finetune --plan`` writes), plus both anchors; writes ``pareto.json``
+  (points, front, AUC and its definition), ``pareto.png`` (anchors as stars, one front per series).
+
+FLOPs are :mod:`hf_klas.flops` numbers (one sequence of ``seq_len`` tokens, or one image), the same the selector
+and the plan use. ``metric="auto"``: accuracy for image classifiers; for causal LMs ROUGE when the data has the
+prompt and target columns (``debian_descriptions`` does), perplexity otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..anatomy import CAUSAL_LM, anatomy_for
+from ..errors import DataError, HfKlasError
+
+__all__ = ["EvaluateOptions", "ParetoOptions", "run_evaluate", "run_pareto", "evaluate_model", "METRICS"]
+
+METRICS = ("auto", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "accuracy")
+_ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+@dataclass
+class _EvalData:
+    """Options shared by ``evaluate`` and ``pareto``: what to measure on which data."""
+
+    metric: str = field(default="auto", metadata={
+        "help": "perplexity, rouge1/rouge2/rougeL/rougeLsum (generation), accuracy (images), or auto."})
+    dataset: str | None = field(default=None, metadata={
+        "help": "Evaluation data: debian_descriptions, fashion_mnist, a .json/.jsonl/.csv/.parquet/.txt file, a "
+                "save_to_disk directory or a Hub dataset; default debian_descriptions (LLMs) / fashion_mnist "
+                "(images)."})
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    split: str = field(default="test", metadata={"help": "Split to evaluate on."})
+    text_column: str = field(default="text", metadata={
+        "help": "Text column for perplexity (or a pre-tokenised input_ids column; with prompt/target columns and "
+                "no text column, prompt + ' ' + target)."})
+    prompt_column: str = field(default="prompt", metadata={"help": "Prompt column for ROUGE."})
+    target_column: str = field(default="target", metadata={"help": "Reference column for ROUGE."})
+    image_column: str | None = field(default=None, metadata={"help": "Image column (default pixel_values/image)."})
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default labels/label)."})
+    max_samples: int | None = field(default=200, metadata={"help": "Evaluate on the first N examples."})
+    batch_size: int = field(default=8, metadata={"help": "Batch size."})
+    max_length: int = field(default=512, metadata={"help": "Max tokens per text (perplexity)."})
+    max_new_tokens: int = field(default=32, metadata={"help": "Generated tokens per prompt (ROUGE)."})
+    first_line_only: bool = field(default=True, metadata={
+        "help": "ROUGE: score only the first generated line (one-line targets such as Debian synopses)."})
+    seq_len: int = field(default=128, metadata={"help": "Tokens per sequence at which LLM FLOPs are counted."})
+    seed: int = field(default=0, metadata={"help": "Seed of ROUGE's bootstrap aggregation."})
+    progress: bool = field(default=True, metadata={"help": "Show progress bars."})
+
+
+@dataclass
+class EvaluateOptions(_EvalData):
+    """Options of ``hf-klas evaluate`` / :func:`run_evaluate`."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "Model: a stitched model directory / Hub id, or an anchor (alias, directory, Hub id, .gguf)."})
+    output_json: str | None = field(default=None, metadata={"help": "Also write the result to this JSON file."})
+
+
+@dataclass
+class ParetoOptions(_EvalData):
+    """Options of ``hf-klas pareto`` / :func:`run_pareto`."""
+
+    plan: str | None = field(default=None, metadata={
+        "help": "Plan directory (hf-klas select): each candidate is built from the anchors (stitch_init) and "
+                "evaluated."})
+    models: list[str] = field(default_factory=list, metadata={
+        "help": "Stitched model directories to evaluate (e.g. finetuned stitch_i*_j* folders)."})
+    models_dir: str | None = field(default=None, metadata={
+        "help": "A directory whose sub-directories are stitched models (hf-klas finetune --plan output)."})
+    front: str | None = field(default=None, metadata={
+        "help": "Front anchor (default: the plan's / the stitched models' recorded front anchor)."})
+    back: str | None = field(default=None, metadata={"help": "Back anchor (default: recorded, as front)."})
+    include_anchors: bool = field(default=True, metadata={"help": "Evaluate both anchors as reference points."})
+    stitch_init: str = field(default="least_squares", metadata={
+        "help": "How plan candidates are initialised: least_squares or identity."})
+    calibration: str | None = field(default=None, metadata={
+        "help": "Calibration data for the least-squares init (as hf-klas select); default: the offline default."})
+    series_name: str | None = field(default=None, metadata={
+        "help": "Legend name of the models' series (default 'finetuned'); plan candidates use the plan's method."})
+    out_dir: str = field(default="pareto", metadata={"help": "Where pareto.json and pareto.png are written."})
+    title: str = field(default="", metadata={"help": "Plot title."})
+
+
+# ---- evaluation of one model -----------------------------------------------------------------------------------
+
+
+def _resolve_metric(metric: str, task: str, columns: list[str], opts: _EvalData) -> str:
+    if metric not in METRICS:
+        raise HfKlasError(f"Unknown metric {metric!r}.", f"Use one of {', '.join(METRICS)}.")
+    if task != CAUSAL_LM:
+        if metric not in ("auto", "accuracy"):
+            raise HfKlasError(f"Metric {metric!r} does not apply to an image classifier.", "Use metric='accuracy'.")
+        return "accuracy"
+    if metric == "accuracy":
+        raise HfKlasError("Top-1 accuracy applies to image classifiers, not causal LMs.",
+                          "Use perplexity or a ROUGE metric (rouge1, rouge2, rougeL).")
+    if metric == "auto":
+        return "rouge1" if opts.prompt_column in columns and opts.target_column in columns else "perplexity"
+    return metric
+
+
+def _load_data(opts: _EvalData, task: str):
+    from ..training.api import load_dataset_arg
+
+    name = opts.dataset or ("debian_descriptions" if task == CAUSAL_LM else "fashion_mnist")
+    return load_dataset_arg(name, opts.split, opts.dataset_config, limit=opts.max_samples)
+
+
+def _check_columns(ds, wanted: list[str], what: str):
+    missing = [c for c in wanted if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{what} needs column(s) {missing}; the dataset has {ds.column_names}.",
+                        "Pass --text_column / --prompt_column / --target_column naming your columns.")
+
+
+def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dict:
+    """``{"metric": name, "value": v, ...}`` for one loaded model on an already loaded dataset."""
+    from . import generate_texts, load_rouge, perplexity, top1_accuracy
+
+    task = _task_of(model)
+    metric = _resolve_metric(metric, task, ds.column_names, opts)
+    out: dict = {"metric": metric, "samples": len(ds)}
+    if metric == "accuracy":
+        from ..training.finetune import prepare_image_dataset
+
+        data = prepare_image_dataset(ds, model.config.num_labels, preprocessor, image_column=opts.image_column,
+                                     label_column=opts.label_column)
+        out["value"] = top1_accuracy(model, data, batch_size=opts.batch_size, label_key="labels",
+                                     progress=opts.progress)
+        out["higher_is_better"] = True
+    elif metric == "perplexity":
+        cols = ds.column_names
+        if opts.text_column in cols:
+            texts = list(ds[opts.text_column])
+            if preprocessor is None and texts and not isinstance(texts[0], str):
+                raise DataError("The text column is not text.", "Pass a text column, or a pre-tokenised input_ids one.")
+        elif "input_ids" in cols:
+            import torch
+
+            texts = [torch.tensor(r, dtype=torch.long) for r in ds["input_ids"]]
+            preprocessor = None
+        elif opts.prompt_column in cols and opts.target_column in cols:
+            texts = [p + " " + t for p, t in zip(ds[opts.prompt_column], ds[opts.target_column])]
+        else:
+            _check_columns(ds, [opts.text_column], "Perplexity")
+        if preprocessor is None and texts and isinstance(texts[0], str):
+            raise DataError("Perplexity on text needs a tokenizer, and none was found with the model or anchors.",
+                            "Save the tokenizer with the model (or its anchors), or pass a pre-tokenised input_ids "
+                            "column.")
+        out["value"] = perplexity(model, preprocessor, texts, max_length=opts.max_length, batch_size=opts.batch_size,
+                                  progress=opts.progress)
+        out["higher_is_better"] = False
+    else:
+        _check_columns(ds, [opts.prompt_column, opts.target_column], "ROUGE")
+        if preprocessor is None:
+            raise DataError("ROUGE needs generated text, hence a tokenizer; none was found with the model or anchors.",
+                            "Save the tokenizer with the model (or its anchors).")
+        preds = generate_texts(model, preprocessor, list(ds[opts.prompt_column]), max_new_tokens=opts.max_new_tokens,
+                               batch_size=opts.batch_size, progress=opts.progress)
+        if opts.first_line_only:
+            preds = [p.strip().split("\n")[0] for p in preds]
+        scores = load_rouge(seed=opts.seed).compute(predictions=preds, references=list(ds[opts.target_column]))
+        out.update({k: float(v) for k, v in scores.items()})
+        out["value"] = float(scores[metric])
+        out["higher_is_better"] = True
+        out["examples"] = [{"prediction": p, "reference": r}
+                           for p, r in list(zip(preds, ds[opts.target_column]))[:3]]
+    return out
+
+
+def _task_of(model) -> str:
+    cfg = model.config
+    task = getattr(cfg, "task", None)
+    return task if task else anatomy_for(cfg).task
+
+
+def _cost(model, seq_len: int) -> tuple[float, float]:
+    """(forward FLOPs, parameters) for a stitched model or an anchor."""
+    from ..flops import anchor_flops, stitch_flops
+
+    cfg = model.config
+    lm = _task_of(model) == CAUSAL_LM
+    if getattr(cfg, "front_blocks", None) is not None:
+        flops = stitch_flops(cfg.front_config, cfg.back_config, cfg.front_blocks, cfg.back_start,
+                             seq_len=seq_len if lm else None).total
+    else:
+        flops = anchor_flops(cfg, seq_len=seq_len if lm else None).total
+    return float(flops), float(sum(p.numel() for p in model.parameters()))
+
+
+def _load_any(name: str):
+    """(model, preprocessor, is_stitched) for a stitched directory / Hub id or an anchor spec."""
+    from ..loading import resolve_anchor
+    from ..training.api import load_preprocessor_for, load_stitched
+
+    path = Path(name)
+    if (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        if cfg.get("model_type") == "hf_klas_stitched":
+            model = load_stitched(name)
+            return model.eval(), load_preprocessor_for(model, name), True
+    anchor = resolve_anchor(name)
+    if getattr(anchor.config, "model_type", None) == "hf_klas_stitched":
+        model = load_stitched(name)
+        return model.eval(), load_preprocessor_for(model, name), True
+    return anchor.load_full().eval(), anchor.load_preprocessor(), False
+
+
+def run_evaluate(opts: EvaluateOptions | None = None, **kwargs) -> dict:
+    """``hf-klas evaluate``: one model, one metric; returns (and optionally writes) a JSON-able result."""
+    opts = _options(EvaluateOptions, opts, kwargs)
+    if not opts.model:
+        raise HfKlasError("No model to evaluate.", "Pass model=<stitched model dir, anchor alias, dir or Hub id>.")
+    if opts.metric not in METRICS:
+        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(METRICS)}.")
+    t0 = time.perf_counter()
+    model, preprocessor, stitched = _load_any(opts.model)
+    ds = _load_data(opts, _task_of(model))
+    result = evaluate_model(model, preprocessor, ds, opts.metric, opts)
+    flops, params = _cost(model, opts.seq_len)
+    result.update({"model": opts.model, "stitched": stitched, "flops": flops, "params": params,
+                   "flops_unit": f"per sequence of {opts.seq_len} tokens" if _task_of(model) == CAUSAL_LM
+                   else "per image", "seconds": time.perf_counter() - t0})
+    if stitched:
+        result["config"] = {"front_blocks": model.config.front_blocks, "back_start": model.config.back_start}
+    if opts.output_json:
+        path = Path(opts.output_json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    return result
+
+
+# ---- Pareto front ----------------------------------------------------------------------------------------------
+
+
+def _options(cls, opts, kwargs):
+    if opts is None:
+        return cls(**kwargs)
+    if kwargs:
+        from dataclasses import replace
+
+        return replace(opts, **kwargs)
+    return opts
+
+
+def _model_dirs(opts: ParetoOptions) -> list[str]:
+    dirs = list(opts.models)
+    if opts.models_dir:
+        root = Path(opts.models_dir)
+        if not root.is_dir():
+            raise HfKlasError(f"models_dir {root} is not a directory.", "Pass the output_dir of hf-klas finetune --plan.")
+        for sub in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
+            if json.loads((sub / "config.json").read_text()).get("model_type") == "hf_klas_stitched":
+                dirs.append(str(sub))
+    for d in dirs:
+        if not (Path(d) / "config.json").is_file():
+            raise HfKlasError(f"{d} is not a saved model directory (no config.json).",
+                              "Pass directories written by save_pretrained / hf-klas finetune.")
+    return dirs
+
+
+def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
+    """``hf-klas pareto``: evaluate anchors + candidates / stitched models, write the table, front, AUC and plot."""
+    from ..loading import resolve_anchor
+    from . import ParetoPoint, front_auc, pareto_front, plot_pareto, write_pareto_table
+
+    opts = _options(ParetoOptions, opts, kwargs)
+    t0 = time.perf_counter()
+    # ---- validate before evaluating or writing anything -----------------------------------------------------------
+    if opts.metric not in METRICS:
+        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(METRICS)}.")
+    if opts.stitch_init not in ("least_squares", "identity"):
+        raise HfKlasError(f"Unknown stitch_init {opts.stitch_init!r}.", "Use 'least_squares' or 'identity'.")
+    plan = None
+    if opts.plan:
+        from ..selection.plan import StitchPlan
+
+        plan = StitchPlan.load(opts.plan)
+        if not plan.candidates:
+            raise HfKlasError(f"The plan in {opts.plan} has no candidates.", "Re-run hf-klas select.")
+    dirs = _model_dirs(opts)
+    if plan is None and not dirs:
+        raise HfKlasError("Nothing to evaluate: no plan and no stitched models.",
+                          "Pass plan=<plan dir>, models=[...] or models_dir=<hf-klas finetune --plan output>.")
+    front_spec, back_spec = opts.front, opts.back
+    recorded = {}
+    if dirs:
+        recorded = json.loads((Path(dirs[0]) / "config.json").read_text()).get("anchors") or {}
+    if front_spec is None:
+        front_spec = (plan.front.name_or_path if plan is not None else None) or \
+            (recorded.get("front") or {}).get("name_or_path")
+    if back_spec is None:
+        back_spec = (plan.back.name_or_path if plan is not None else None) or \
+            (recorded.get("back") or {}).get("name_or_path") or front_spec
+    need_anchors = plan is not None or opts.include_anchors
+    if need_anchors and not front_spec:
+        raise HfKlasError("The anchors are not known (not given, not recorded).", "Pass front= and back=.")
+    front = back = None
+    if need_anchors:
+        front = resolve_anchor(front_spec)
+        back = front if back_spec == front_spec else resolve_anchor(back_spec)
+    seq_len = plan.seq_len if plan is not None and plan.seq_len else opts.seq_len
+    task = anatomy_for(front.config).task if front is not None else None
+    out = Path(opts.out_dir)
+
+    # ---- evaluate --------------------------------------------------------------------------------------------------
+    ds = None
+    metric_name, higher = opts.metric, True
+    points: list = []
+    series: dict[str, list] = {}
+
+    def measure(model, preprocessor):
+        nonlocal ds, metric_name, higher
+        if ds is None:
+            ds = _load_data(opts, _task_of(model))
+        res = evaluate_model(model, preprocessor, ds, opts.metric, opts)
+        metric_name, higher = res["metric"], res["higher_is_better"]
+        return res
+
+    anchor_points = []
+    if opts.include_anchors and front is not None:
+        for role, anchor in (("front", front), ("back", back)):
+            if role == "back" and anchor is front:
+                continue
+            model = anchor.load_full().eval()
+            res = measure(model, anchor.load_preprocessor())
+            flops, params = _cost(model, seq_len)
+            anchor_points.append(ParetoPoint(name=f"{role}: {anchor.name_or_path}", flops=flops, params=params,
+                                             metric=res["value"], kind="anchor"))
+    points += anchor_points
+    if plan is not None:
+        from ..building import StitchedModel
+        from ..selection.api import load_calibration_arg
+
+        calibration = load_calibration_arg(opts.calibration)
+        name = f"{plan.method} ({'least-squares init' if opts.stitch_init == 'least_squares' else 'identity init'})"
+        series[name] = []
+        from tqdm.auto import tqdm
+
+        for c in tqdm(plan.candidates, desc="pareto: plan candidates", disable=not opts.progress):
+            model = StitchedModel.from_anchors(front, back if back is not front else None, c.front_blocks,
+                                               c.back_start, calibration=calibration, stitch_init=opts.stitch_init,
+                                               progress=False)
+            pre = getattr(model, "_hf_klas_preprocessor", None) or front.load_preprocessor()
+            res = measure(model.eval(), pre)
+            flops, params = _cost(model, seq_len)
+            series[name].append(ParetoPoint(name=f"stitch({c.front_blocks},{c.back_start})", flops=flops,
+                                            params=params, metric=res["value"], kind="stitch", selector=name,
+                                            config={"front_blocks": c.front_blocks, "back_start": c.back_start}))
+    if dirs:
+        name = opts.series_name or "finetuned"
+        series.setdefault(name, [])
+        from tqdm.auto import tqdm
+
+        for d in tqdm(dirs, desc="pareto: stitched models", disable=not opts.progress):
+            model, pre, stitched = _load_any(d)
+            if not stitched:
+                raise HfKlasError(f"{d} is not a stitched model.", "List only stitched model directories in models.")
+            if task is not None and _task_of(model) != task:
+                raise HfKlasError(f"{d} is a {_task_of(model)} model, the anchors {task} models.",
+                                  "Evaluate one task per Pareto front.")
+            res = measure(model, pre)
+            flops, params = _cost(model, seq_len)
+            cfg = model.config
+            series[name].append(ParetoPoint(name=f"{Path(d).name}", flops=flops, params=params, metric=res["value"],
+                                            kind="stitch", selector=name,
+                                            config={"front_blocks": cfg.front_blocks, "back_start": cfg.back_start}))
+    for pts in series.values():
+        points += pts
+
+    # ---- write -----------------------------------------------------------------------------------------------------
+    out.mkdir(parents=True, exist_ok=True)
+    table = write_pareto_table(points, out / "pareto.json", higher_is_better=higher, metric_name=metric_name)
+    plot_series = {name: anchor_points + pts for name, pts in series.items()}
+    png = plot_pareto(plot_series, out / "pareto.png", metric_name=metric_name, title=opts.title,
+                      higher_is_better=higher)
+    by_series = {}
+    anchors_only = [p for p in anchor_points]
+    for name, pts in series.items():
+        allp = anchors_only + pts
+        try:
+            lo = min(p.flops for p in anchors_only) if len(anchors_only) >= 2 else min(p.flops for p in allp)
+            hi = max(p.flops for p in anchors_only) if len(anchors_only) >= 2 else max(p.flops for p in allp)
+            auc = front_auc(allp, lo, hi, higher) if hi > lo else None
+        except DataError:
+            auc = None
+        by_series[name] = {"auc": auc, "front": [p.name for p in pareto_front(allp, higher)],
+                           "points": len(pts)}
+    return {"out_dir": str(out), "files": [str(out / "pareto.json"), str(png)], "metric": metric_name,
+            "higher_is_better": higher, "auc": table.get("auc"), "front": table.get("front"), "series": by_series,
+            "points": [_point_dict(p) for p in points], "seq_len": seq_len if task == CAUSAL_LM else None,
+            "seconds": time.perf_counter() - t0, "options": asdict(opts)}
+
+
+def _point_dict(p) -> dict:
+    d = asdict(p)
+    if isinstance(d.get("metric"), float) and not math.isfinite(d["metric"]):
+        d["metric"] = None
+    return d

@@ -1,0 +1,421 @@
+"""Stitch selection as a library call and as ``hf-klas select``: options, plan cache, budget picks, anchors.
+
+* :class:`SelectOptions` / :func:`run_select` -- the ``select`` command (one dataclass for API and CLI): score
+  every configuration of two anchors (or one, self-stitching), write ``<out_dir>/plan.json`` + ``heatmap.png``
+  + ``candidates.png``, and, with ``budget``, report the configuration to build.
+* :func:`select_for_budget` -- what ``StitchedModel.from_anchors(..., budget_flops=...)`` calls.
+* :func:`select_anchors` -- k >= 2 anchors: rank pairs by the KL between their final outputs (KLAS step 2).
+
+Plan cache: a plan depends on both anchors (weights), the method and its options, the calibration batches and
+the FLOPs token count. Its key hashes exactly those (:func:`plan_cache_key`), and plans live in
+``hf_klas.loading.cache_dir()/plans/<key>/plan.json``; a second call with another budget reads the plan and
+runs no anchor forward pass. ``plan=`` (a :class:`StitchPlan` or a plan directory) skips the cache entirely.
+
+FLOPs are counted for one sequence of ``seq_len = 128`` tokens for LLMs (``DEFAULT_SEQ_LEN``: the calibration
+length and the number ``hf_klas.building.stitch_info`` records in stitched configs) or one image at the anchors'
+``image_size``. Budgets are FLOPs, or a fraction in (0, 1] of the back anchor's FLOPs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..calibration import calibration_batches
+from ..errors import BudgetError, CalibrationError, HfKlasError, StitchPointError
+from ..loading import Anchor, cache_dir, resolve_anchor
+from ..version import __version__
+from .plan import PLAN_FILE, PlanExistsError, StitchPlan
+from .selectors import SELECTORS, get_selector
+from .selectors.base import (DEFAULT_SEQ_LEN, anchor_key, descriptor, grids, is_lm, same_anchor, valid_mask)
+
+POLICIES = ("top_bucket", "lowest")
+
+
+@dataclass
+class SelectOptions:
+    """Options of ``hf-klas select`` / :func:`run_select`."""
+
+    front: str | None = field(default=None, metadata={
+        "help": "Front (cheaper) anchor: alias (smollm2-135m, vit-fmnist-tiny, llama-1b), Hub id, directory or "
+                ".gguf file."})
+    back: str | None = field(default=None, metadata={
+        "help": "Back (dearer) anchor; leave out to stitch the front anchor to itself (depth pruning)."})
+    anchors: list[str] = field(default_factory=list, metadata={
+        "help": "k >= 2 anchors instead of front/back: the pair with the lowest final-output KL is stitched "
+                "(cheaper -> dearer)."})
+    budget: float | None = field(default=None, metadata={
+        "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
+                "configuration to build."})
+    method: str = field(default="klas", metadata={"help": f"Selector: {', '.join(SELECTORS)}."})
+    probe: str | None = field(default=None, metadata={
+        "help": "KLAS/CE probe: logit_lens (default), tuned_lens, probenet (vision)."})
+    num_buckets: int = field(default=20, metadata={"help": "FLOPs buckets of the candidate set."})
+    tau: float = field(default=0.05, metadata={"help": "Keep configurations within (1+tau) x a bucket's best."})
+    calibration: str | None = field(default=None, metadata={
+        "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
+                "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "
+                "default of hf_klas.calibration."})
+    calibration_samples: int = field(default=64, metadata={"help": "Number of calibration samples used."})
+    calibration_length: int = field(default=128, metadata={"help": "Max tokens per calibration text."})
+    batch_size: int = field(default=8, metadata={"help": "Calibration batch size."})
+    seq_len: int = field(default=DEFAULT_SEQ_LEN, metadata={
+        "help": "Tokens per sequence at which LLM FLOPs are counted (budgets use the same count)."})
+    seed: int = field(default=0, metadata={"help": "Seed (random selector, trained probes)."})
+    policy: str = field(default="top_bucket", metadata={
+        "help": "Budget pick: top_bucket (best score in the dearest FLOPs bucket that fits) or lowest "
+                "(lowest score among all that fit)."})
+    topk: int | None = field(default=None, metadata={"help": "KLAS top-k approximation of Θ (None: exact)."})
+    max_chunk_mb: int = field(default=256, metadata={
+        "help": "Bound (MB) on one [blocks, tokens, vocab] float32 buffer of the streamed pass."})
+    out_dir: str = field(default="stitch_plan", metadata={"help": "Where plan.json and the PNGs are written."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace an existing plan in out_dir."})
+    use_cache: bool = field(default=True, metadata={
+        "help": "Reuse / store plans in the cache (hf_klas.loading.cache_dir()/plans)."})
+    progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+
+
+# --------------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------------
+def batches_fingerprint(batches: list[dict] | None) -> str:
+    """Hash of the calibration batches' tensors (names, shapes, dtypes, values)."""
+    h = hashlib.sha256()
+    for batch in batches or []:
+        for k in sorted(batch):
+            v = batch[k]
+            t = torch.as_tensor(v)
+            h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def plan_cache_key(front: Anchor, back: Anchor | None, method: str, method_params: dict, calibration_fp: str,
+                   seq_len: int | None, image_size) -> str:
+    payload = {
+        "front": anchor_key(front), "back": "self" if back is None else anchor_key(back), "method": method,
+        "params": method_params, "calibration": calibration_fp, "seq_len": seq_len, "image_size": image_size,
+        "hf_klas": __version__,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def plan_cache_dir() -> Path:
+    return cache_dir() / "plans"
+
+
+def load_calibration_arg(value):
+    """The CLI's ``--calibration PATH`` as data ``calibration_batches`` accepts (None -> offline default)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)):
+        return value
+    path = Path(value)
+    if path.is_dir():
+        import datasets
+
+        return datasets.load_from_disk(str(path))
+    if not path.is_file():
+        raise CalibrationError(f"Calibration path {path} does not exist.",
+                               "Pass a .txt/.json/.jsonl file or a datasets directory, or omit it for the default.")
+    if path.suffix in (".json", ".jsonl"):
+        import datasets
+
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise CalibrationError(f"Calibration file {path} is empty.", "Put one calibration text per line.")
+    return lines
+
+
+def _selector_options(method: str, **given) -> dict:
+    """Keep only the options the method has; refuse an explicitly set option it does not have."""
+    from dataclasses import fields
+
+    known = {f.name for f in fields(SELECTORS[method].config_class)} if method in SELECTORS else set()
+    out = {}
+    for k, v in given.items():
+        if v is None:
+            continue
+        if k in known:
+            out[k] = v
+        elif k in ("probe", "topk"):
+            raise HfKlasError(f"Method {method!r} has no {k!r} option (it is a KLAS/CE option).",
+                              f"Drop {k}=..., or use method='klas'.")
+    return out
+
+
+def _check_budget_value(budget) -> None:
+    if budget is None:
+        return
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise BudgetError(f"Budget {budget!r} is not a positive number.",
+                          "Pass FLOPs (e.g. 2.5e9) or a fraction in (0, 1] of the back anchor's FLOPs (e.g. 0.6).")
+
+
+def _dry_plan(front: Anchor, back: Anchor, same: bool, seq_len, image_size) -> StitchPlan:
+    """A score-free plan used only to validate a budget before any anchor runs (same checks, same message)."""
+    flops, params, a_flops = grids(front.config, back.config, seq_len, image_size)
+    m, n = flops.shape
+    return StitchPlan(method="budget-check", front=descriptor(front), back=descriptor(back),
+                      score=torch.zeros(m, n, dtype=torch.float64), flops=flops, valid_mask=valid_mask(m, n, same),
+                      anchor_flops=a_flops)
+
+
+def check_plan_matches(plan: StitchPlan, front: Anchor, back: Anchor) -> None:
+    """Refuse a plan computed for other anchors (other block counts, widths, families or fingerprints)."""
+    for side, desc, anchor in (("front", plan.front, front), ("back", plan.back, back)):
+        mine = descriptor(anchor)
+        for key in ("num_blocks", "hidden_size", "model_type", "fingerprint"):
+            theirs = getattr(desc, key)
+            if theirs and theirs != getattr(mine, key):
+                raise HfKlasError(
+                    f"The plan's {side} anchor ({desc.name_or_path}, {key}={theirs!r}) is not the {side} anchor "
+                    f"given ({mine.name_or_path}, {key}={getattr(mine, key)!r}).",
+                    "Pass the plan computed for these anchors, or leave plan out to select (cached) for them.")
+
+
+def _resolve_pair(front, back):
+    front_anchor = resolve_anchor(front)
+    back_anchor = front_anchor if back is None else resolve_anchor(back)
+    same = same_anchor(front_anchor, back_anchor)
+    return front_anchor, (front_anchor if same else back_anchor), same
+
+
+# --------------------------------------------------------------------------------------------------------
+# plans
+# --------------------------------------------------------------------------------------------------------
+def compute_plan(front, back=None, calibration=None, method: str = "klas", *, cache: bool = True,
+                 progress: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
+                 max_length: int = 128, max_samples: int | None = 64, **selector_options):
+    """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method``; returns
+    ``(plan, info)`` with ``info["cached"]`` telling whether the cache answered (no anchor ran)."""
+    t0 = time.perf_counter()
+    if method not in SELECTORS:
+        raise HfKlasError(f"Unknown selection method {method!r}.", f"Use one of: {', '.join(SELECTORS)}.")
+    front_anchor, back_anchor, same = _resolve_pair(front, back)
+    from ..anatomy import check_compatible
+
+    check_compatible(front_anchor.config, back_anchor.config)
+    selector = get_selector(method, **selector_options)
+    selector.check_pair(same)
+    lm = is_lm(front_anchor.config)
+    seq_len = (seq_len or DEFAULT_SEQ_LEN) if lm else None
+    batches = None
+    if selector.needs_data:
+        preprocessor = front_anchor.load_preprocessor() or back_anchor.load_preprocessor()
+        batches = calibration_batches(calibration, front_anchor.config, preprocessor, batch_size=batch_size,
+                                      max_length=max_length, max_samples=max_samples)
+        if not batches:
+            raise CalibrationError("The calibration data produced no batches.", "Pass non-empty calibration data.")
+    calib_fp = batches_fingerprint(batches) if batches else "none"
+    params = selector.method_params()
+    key = plan_cache_key(front_anchor, None if same else back_anchor, method, params, calib_fp, seq_len, image_size)
+    path = plan_cache_dir() / key
+    if cache and (path / PLAN_FILE).is_file():
+        try:
+            plan = StitchPlan.load(path)
+            check_plan_matches(plan, front_anchor, back_anchor)
+            return plan, {"cached": True, "cache_path": str(path), "seconds": time.perf_counter() - t0}
+        except HfKlasError:
+            pass  # unreadable / foreign entry: recompute and overwrite it
+    info_cal = {
+        "fingerprint": calib_fp,
+        "source": "default (hf_klas.calibration)" if calibration is None else "user",
+        "batches": len(batches or []),
+        "samples": sum(int(next(iter(b.values())).shape[0]) for b in batches or []),
+        "max_length": max_length if lm else None,
+    }
+    if batches and lm:
+        info_cal["tokens"] = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b
+                                     else b["input_ids"].numel() for b in batches))
+    plan = selector.select(front_anchor, None if same else back_anchor, batches, seq_len=seq_len,
+                           image_size=image_size, progress=progress, calibration_info=info_cal)
+    if cache:
+        plan.save(path, overwrite=True)
+    info = {"cached": False, "cache_path": str(path) if cache else None, "seconds": time.perf_counter() - t0,
+            **selector.last_stats}
+    return plan, info
+
+
+def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None = None, calibration=None,
+                      method: str = "klas", plan=None, progress: bool = True, *, policy: str = "top_bucket",
+                      cache: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
+                      max_length: int = 128, max_samples: int | None = 64, **selector_options):
+    """The configuration to build for ``budget_flops`` and the plan it came from: ``(Candidate, StitchPlan)``.
+
+    ``plan``: a :class:`StitchPlan` or plan directory to reuse (no selection runs); otherwise the plan comes from
+    the cache or is computed once (:func:`compute_plan`). ``budget_flops``: FLOPs, a fraction in (0, 1] of the
+    back anchor's FLOPs, or None (= the back anchor's cost). ``policy`` ("top_bucket" | "lowest"): see
+    :meth:`StitchPlan.best_for_budget`. A budget outside the feasible range raises
+    :class:`~hf_klas.errors.BudgetError` with the range -- before any anchor runs.
+    """
+    if policy not in POLICIES:
+        raise HfKlasError(f"Unknown budget policy {policy!r}.", f"Use one of {POLICIES}.")
+    _check_budget_value(budget_flops)
+    front, back, same = _resolve_pair(front_anchor, back_anchor)
+    budget = 1.0 if budget_flops is None else budget_flops
+    if plan is not None:
+        if not isinstance(plan, StitchPlan):
+            plan = StitchPlan.load(plan)
+        check_plan_matches(plan, front, back)
+        return plan.best_for_budget(budget, policy=policy), plan
+    from ..anatomy import check_compatible
+
+    check_compatible(front.config, back.config)
+    lm = is_lm(front.config)
+    _dry_plan(front, back, same, (seq_len or DEFAULT_SEQ_LEN) if lm else None, image_size).best_for_budget(budget)
+    plan, _ = compute_plan(front, None if same else back, calibration, method, cache=cache, progress=progress,
+                           seq_len=seq_len, image_size=image_size, batch_size=batch_size, max_length=max_length,
+                           max_samples=max_samples, **selector_options)
+    return plan.best_for_budget(budget, policy=policy), plan
+
+
+# --------------------------------------------------------------------------------------------------------
+# anchor selection (k >= 2)
+# --------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def select_anchors(anchors: list, calibration=None, *, symmetric: bool = False, progress: bool = True,
+                   seq_len: int | None = None, batch_size: int = 8, max_length: int = 128,
+                   max_samples: int | None = 64, max_chunk_mb: int = 256) -> list[dict]:
+    """Rank every pair of ``anchors`` by the KL between their final output distributions (lowest first).
+
+    Each pair is oriented cheaper -> dearer (front = the anchor with fewer FLOPs, KLAS's source f) and scored
+    KL(P_front ‖ P_back) (``symmetric=True``: the mean of both directions). Every anchor runs once per batch;
+    the final distributions are streamed in token chunks (no [tokens, vocab] tensor of the whole data).
+    Returns dicts ``{"front", "back", "final_kl", "front_flops", "back_flops", "front_index", "back_index"}``;
+    the first entry is the pair :func:`hf_klas.selection.scoring.select_anchor_pair` picks.
+    """
+    from ..activations import run_prefix
+    from ..anatomy import check_compatible
+    from ..flops import anchor_flops
+    from ..probes import LogitLens
+    from .divergence import FinalOutputKLAccumulator
+    from .scoring import select_anchor_pair
+    from .selectors.base import load_model
+
+    anchors = list(anchors or [])
+    if len(anchors) < 2:
+        raise StitchPointError(
+            f"Anchor selection (cross-model stitching) needs at least 2 anchors; got {len(anchors)}.",
+            "Pass two or more anchors of one family (e.g. ['llama-1b', 'llama-3b']), or stitch a single anchor "
+            "to itself with select_for_budget(anchor, None, ...) / SelectOptions(front=..., back=None).")
+    resolved = [resolve_anchor(a) for a in anchors]
+    for other in resolved[1:]:
+        check_compatible(resolved[0].config, other.config)
+    names = [str(a.name_or_path) for a in resolved]
+    lm = is_lm(resolved[0].config)
+    sl = (seq_len or DEFAULT_SEQ_LEN) if lm else None
+    costs = [float(anchor_flops(a.config, seq_len=sl).total) for a in resolved]
+    pre = next((p for p in (a.load_preprocessor() for a in resolved) if p is not None), None)
+    batches = calibration_batches(calibration, resolved[0].config, pre, batch_size=batch_size,
+                                  max_length=max_length, max_samples=max_samples)
+    models = [load_model(a) for a in resolved]
+    lenses = [LogitLens(mdl) for mdl in models]
+    acc = FinalOutputKLAccumulator(names)
+    classes = lenses[0].num_classes
+    chunk = max(1, max_chunk_mb * 2**20 // (4 * len(models) * classes))
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(batches, desc="anchor selection: final outputs", disable=not progress, unit="batch"):
+        mask = batch.get("attention_mask") if lm else None
+        finals = []
+        for mdl, lens in zip(models, lenses):
+            n = mdl.config.num_hidden_layers
+            finals.append(lens.features(run_prefix(mdl, batch, upto=n)[n], mask))
+        for s in range(0, finals[0].shape[0], chunk):
+            acc.update([lens.log_probs(f[s:s + chunk].unsqueeze(0), [lens.num_points - 1])[0]
+                        for lens, f in zip(lenses, finals)])
+    kl = acc.mean()
+    ranked = []
+    for a in range(len(resolved)):
+        for b in range(a + 1, len(resolved)):
+            lo, hi = (a, b) if costs[a] <= costs[b] else (b, a)
+            score = (float(kl[lo, hi]) + float(kl[hi, lo])) / 2 if symmetric else float(kl[lo, hi])
+            ranked.append({"front": names[lo], "back": names[hi], "final_kl": score, "front_flops": costs[lo],
+                           "back_flops": costs[hi], "front_index": lo, "back_index": hi})
+    ranked.sort(key=lambda r: (r["final_kl"], r["front_flops"] + r["back_flops"]))
+    best = select_anchor_pair(kl, costs, symmetric=symmetric, names=names)
+    if (ranked[0]["front_index"], ranked[0]["back_index"]) != tuple(best):  # pragma: no cover - same rule
+        raise AssertionError("anchor ranking disagrees with select_anchor_pair")
+    return ranked
+
+
+# --------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------
+def run_select(opts: SelectOptions | None = None, **kwargs) -> dict:
+    """``hf-klas select``: write ``<out_dir>/plan.json``, ``heatmap.png``, ``candidates.png``; return a summary."""
+    if opts is None:
+        opts = SelectOptions(**kwargs)
+    elif kwargs:
+        from dataclasses import replace
+
+        opts = replace(opts, **kwargs)
+    t0 = time.perf_counter()
+    # ---- validate everything before computing or writing -------------------------------------------
+    if opts.method not in SELECTORS:
+        raise HfKlasError(f"Unknown selection method {opts.method!r}.", f"Use one of: {', '.join(SELECTORS)}.")
+    if opts.policy not in POLICIES:
+        raise HfKlasError(f"Unknown budget policy {opts.policy!r}.", f"Use one of {POLICIES}.")
+    _check_budget_value(opts.budget)
+    sel_opts = _selector_options(opts.method, probe=opts.probe, num_buckets=opts.num_buckets, tau=opts.tau,
+                                 seed=opts.seed, topk=opts.topk, max_chunk_mb=opts.max_chunk_mb)
+    get_selector(opts.method, **sel_opts)  # option errors now, not after the pass
+    if opts.anchors and (opts.front or opts.back):
+        raise HfKlasError("Both anchors=[...] and front/back were given.",
+                          "Pass either anchors (k >= 2, the pair is chosen) or front [+ back].")
+    out = Path(opts.out_dir)
+    if (out / PLAN_FILE).exists() and not opts.overwrite:
+        raise PlanExistsError(f"{out / PLAN_FILE} already exists.", "Choose another out_dir or pass overwrite=True.")
+    calibration = load_calibration_arg(opts.calibration)
+    summary: dict = {}
+    if opts.anchors:
+        ranking = select_anchors(opts.anchors, calibration, progress=opts.progress, seq_len=opts.seq_len,
+                                 batch_size=opts.batch_size, max_length=opts.calibration_length,
+                                 max_samples=opts.calibration_samples)
+        front = opts.anchors[ranking[0]["front_index"]]
+        back = opts.anchors[ranking[0]["back_index"]]
+        summary["anchor_ranking"] = ranking
+    elif opts.front:
+        front, back = opts.front, opts.back
+    else:
+        raise HfKlasError("No anchor was given.", "Pass front (and back), or anchors=[a, b, ...].")
+    front_anchor, back_anchor, same = _resolve_pair(front, back)
+    lm = is_lm(front_anchor.config)
+    if opts.budget is not None:
+        _dry_plan(front_anchor, back_anchor, same, opts.seq_len if lm else None, None).best_for_budget(opts.budget)
+    plan, info = compute_plan(front_anchor, None if same else back_anchor, calibration, opts.method,
+                              cache=opts.use_cache, progress=opts.progress, seq_len=opts.seq_len,
+                              batch_size=opts.batch_size, max_length=opts.calibration_length,
+                              max_samples=opts.calibration_samples, **sel_opts)
+    chosen = plan.best_for_budget(opts.budget, policy=opts.policy) if opts.budget is not None else None
+    plan.save(out, overwrite=opts.overwrite)
+    files = [str(out / PLAN_FILE), str(plan.plot_heatmap(out / "heatmap.png")),
+             str(plan.plot_candidates(out / "candidates.png"))]
+    summary.update({
+        "plan_dir": str(out),
+        "files": files,
+        "method": plan.method,
+        "front": plan.front.name_or_path,
+        "back": plan.back.name_or_path,
+        "self_stitching": same,
+        "grid": list(plan.shape),
+        "valid_configurations": int(plan.valid_mask.sum()),
+        "candidates": [c.to_dict() for c in plan.candidates],
+        "chosen": None if chosen is None else chosen.to_dict(),
+        "budget": opts.budget,
+        "anchor_flops": list(plan.anchor_flops),
+        "flops_unit": f"per sequence of {plan.seq_len} tokens" if plan.seq_len else "per image",
+        "cached": info.get("cached", False),
+        "seconds": time.perf_counter() - t0,
+    })
+    if "forward_calls" in info:
+        summary["forward_calls"] = info["forward_calls"]
+    return summary

@@ -1,0 +1,354 @@
+"""One streamed pass over calibration data: every probe distribution of every block, Θ for all pairs.
+
+What happens per calibration batch:
+
+1. each anchor runs ONCE (``hf_klas.activations.run_prefix``, stopped after its last block: the anchor's own
+   head is not needed -- the probe applies it); when front and back are the same anchor (self-stitching) it
+   runs once and both sides read the same block outputs;
+2. the samples are selected: every non-padding token position for causal LMs, one pooled token per image for
+   ViTs (the probe's ``features``);
+3. the token dimension is cut into chunks so that one float32 ``[points, chunk, classes]`` buffer stays under
+   ``max_chunk_bytes`` (default 256 MB; two such buffers are live: log-probs and probs), whatever the
+   calibration size -- memory does not grow with the data;
+4. for each chunk, every point's log-probabilities are formed in float32 (for the logit lens: final norm,
+   ONE batched unembedding matmul into a reused buffer, log-softmax into a second reused buffer), and the
+   KL sums of ALL point pairs are accumulated.
+
+The fused kernel (default). With the points of both anchors stacked into ``L [P, T, V]`` (log-probs) and
+``E = exp(L)``, ``C = E.reshape(P, T*V) @ L.reshape(P, T*V).T`` holds ``Σ_t Σ_v p_a log p_b`` for every pair
+(a, b): its diagonal is the (negative) entropy term, so ``KL(a ‖ b) = (C[a, a] - C[a, b]) / tokens``. One GEMM
+per chunk yields Θ (front rows × back resume points), the back anchor's within-anchor KLs (Γ's denominator:
+consecutive back points), the final-output KL between the anchors and the cross-entropies (CE baseline) --
+no other pass over the ``[P, T, V]`` data than the log-softmax and one ``exp``. It is the same decomposition
+as :class:`hf_klas.selection.divergence.KLMatrixAccumulator` (``kernel="reference"`` uses that accumulator,
+which additionally validates every element and handles ``-inf`` log-probs; results agree to float32
+rounding, see tests). ``topk=k`` uses :class:`~hf_klas.selection.divergence.TopKKLMatrixAccumulator`.
+
+Θ convention (same as :mod:`hf_klas.selection.scoring`): ``theta[i-1, j]`` = mean KL(P^f after front block
+``i`` ‖ P^g at back resume point ``j``), resume point ``j`` = back embedding output (``j = 0``) or output of back
+block ``j-1``; ``within_back[j]`` = KL(P^g point ``j`` ‖ point ``j+1``) for ``j = 0..n-1``; ``final_kl`` =
+KL(front's final output ‖ back's final output) (0 for self-stitching).
+
+NaN/inf: the chunk's ``[P, P]`` result is checked (free); if it is not finite, the offending point is located
+(hidden state or log-probs) and a :class:`~hf_klas.errors.NumericalError` names the anchor and the block.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..activations import run_prefix
+from ..errors import CalibrationError, HfKlasError, IncompatibleAnchorsError, NumericalError
+from ..probes.base import Probe
+
+DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+KERNELS = ("fused", "reference")
+
+
+def point_label(point: int) -> str:
+    """``0`` -> "embedding output", ``k`` -> "block k-1 output" (python block index)."""
+    return "embedding output" if point == 0 else f"block {point - 1} output"
+
+
+@dataclass
+class KLResult:
+    """What one pass produced (float64 tensors; see module docstring for the conventions)."""
+
+    theta: torch.Tensor  # [m, n]
+    within_back: torch.Tensor  # [n]
+    final_kl: float
+    cross_entropy: torch.Tensor  # [m, n]: mean -Σ p_f log q_g (CE baseline)
+    front_entropy: torch.Tensor  # [m]
+    all_pairs: torch.Tensor  # [P, P] KL between every pair of stacked points (diagnostics)
+    points: list[tuple[str, int]]  # (side, point) of each stacked row
+    tokens: int = 0
+    batches: int = 0
+    chunk_tokens: int = 0
+    kernel: str = "fused"
+    forward_calls: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class _FusedAllPairs:
+    """Σ_t Σ_v p_a log p_b for stacked points (a, b), from logits and probs: ``Σ_v p_a z_b - lse_b`` per token.
+
+    ``blocks`` lists the (row side, column side) pairs that are computed, one batched matmul each per chunk
+    (self-stitching: the one side with itself; cross-model: front x front, front x back, back x back -- the
+    back x front block is never needed and stays NaN).
+    """
+
+    def __init__(self, sizes: list[int], blocks: list[tuple[int, int]]):
+        self.offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+        self.sizes = sizes
+        P = sum(sizes)
+        self.cz = torch.full((P, P), float("nan"), dtype=torch.float64)
+        for a, b in blocks:
+            self._blk(self.cz, a, b).zero_()
+        self.blocks = blocks
+        self.lse = torch.zeros(P, dtype=torch.float64)
+        self.count = 0
+
+    def _blk(self, t, a, b):
+        oa, ob = self.offsets[a], self.offsets[b]
+        return t[oa:oa + self.sizes[a], ob:ob + self.sizes[b]]
+
+    def update(self, logits: list[torch.Tensor], probs: list[torch.Tensor], lse: list[torch.Tensor]) -> bool:
+        """``logits[s]``/``probs[s]``: ``[T, P_s, V]`` per side, ``lse[s]``: ``[T, P_s]``. Returns finiteness."""
+        ok = True
+        for a, b in self.blocks:
+            c = torch.bmm(probs[a], logits[b].transpose(1, 2)).to(torch.float64).sum(0)
+            ok &= bool(torch.isfinite(c).all())
+            self._blk(self.cz, a, b).add_(c)
+        for sd, l in enumerate(lse):
+            lsum = l.to(torch.float64).sum(0)
+            ok &= bool(torch.isfinite(lsum).all())
+            o = self.offsets[sd]
+            self.lse[o:o + self.sizes[sd]] += lsum
+        self.count += logits[0].shape[0]
+        return ok
+
+    def cross(self) -> torch.Tensor:
+        """Σ_t Σ_v p_a log p_b (float64 [P, P]; NaN where not computed)."""
+        return self.cz - self.lse[None, :]
+
+    def kl(self) -> torch.Tensor:
+        c = self.cross()
+        d = torch.diagonal(c)
+        return ((d[:, None] - c) / self.count).clamp_min(0.0)
+
+    def ce(self) -> torch.Tensor:
+        return -self.cross() / self.count
+
+    def entropy(self) -> torch.Tensor:
+        return -torch.diagonal(self.cross()) / self.count
+
+
+def _anchor_name(probe: Probe, fallback: str) -> str:
+    model = probe.anchor_model
+    return str(getattr(model, "name_or_path", None) or fallback)
+
+
+class KLEngine:
+    """Streamed Θ for one (front, back) pair of probes; ``back_probe=None`` (or the same probe) = self-stitching.
+
+    Args:
+        max_chunk_bytes: bound on one float32 ``[points, chunk, classes]`` buffer (two are live).
+        kernel: ``"fused"`` (default, one GEMM per chunk) or ``"reference"`` (the divergence module's
+            accumulator, element-validated; slower).
+        topk: approximate with the top-k union of every block (``TopKKLMatrixAccumulator``); None = exact.
+    """
+
+    def __init__(self, front_probe: Probe, back_probe: Probe | None = None, *, max_chunk_bytes: int =
+                 DEFAULT_MAX_CHUNK_BYTES, kernel: str = "fused", topk: int | None = None, progress: bool = True,
+                 front_name: str | None = None, back_name: str | None = None, chunk_tokens: int | None = None):
+        if kernel not in KERNELS:
+            raise HfKlasError(f"Unknown KL kernel {kernel!r}.", f"Use one of {KERNELS}.")
+        self.front = front_probe
+        self.same = back_probe is None or back_probe is front_probe or (
+            back_probe.anchor_model is front_probe.anchor_model and type(back_probe) is type(front_probe)
+            and back_probe.config == front_probe.config)
+        self.back = front_probe if self.same else back_probe
+        if self.front.num_classes != self.back.num_classes:
+            raise IncompatibleAnchorsError(
+                f"The front probe has {self.front.num_classes} outputs and the back probe "
+                f"{self.back.num_classes}: KL needs one vocabulary / label set.",
+                "Stitch anchors that share a tokenizer (LLMs) or a label set (vision).")
+        self.m = self.front.num_points - 1
+        self.n = self.back.num_points - 1
+        self.max_chunk_bytes = int(max_chunk_bytes)
+        self.kernel = kernel
+        self.topk = topk
+        self.progress = progress
+        self.front_name = front_name or _anchor_name(self.front, "front")
+        self.back_name = back_name or _anchor_name(self.back, "back")
+        # stacked points: self -> 0..n of the one anchor; cross -> front 1..m, then back 0..n
+        if self.same:
+            self.front_points = list(range(self.n + 1))
+            self.back_points: list[int] = []
+            self.points = [("anchor", p) for p in self.front_points]
+        else:
+            self.front_points = list(range(1, self.m + 1))
+            self.back_points = list(range(self.n + 1))
+            self.points = [("front", p) for p in self.front_points] + [("back", p) for p in self.back_points]
+        self.num_points = len(self.points)
+        self.classes = self.front.num_classes
+        per_token = 4 * max(len(self.front_points), len(self.back_points)) * self.classes
+        self.chunk_tokens = max(1, self.max_chunk_bytes // per_token)
+        if chunk_tokens is not None:
+            self.chunk_tokens = max(1, min(int(chunk_tokens), self.chunk_tokens))
+
+    # ---- index maps into the stacked [P, P] result ---------------------------------------------------
+    def _row(self, i: int) -> int:  # front point i (1..m)
+        return i if self.same else i - 1
+
+    def _col(self, j: int) -> int:  # back point j (0..n)
+        return j if self.same else self.m + j
+
+    # ---- the pass --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def run(self, batches: list[dict]) -> KLResult:
+        t0 = time.perf_counter()
+        P, V, c = self.num_points, self.classes, self.chunk_tokens
+        pf = len(self.front_points)
+        sizes = [pf] if self.same else [pf, len(self.back_points)]
+        fused = self.topk is None and self.kernel == "fused"
+        if self.topk is not None:
+            from .divergence import TopKKLMatrixAccumulator
+
+            acc = TopKKLMatrixAccumulator(P, P, int(self.topk), front_labels=self._labels(),
+                                          back_labels=self._labels(), front_name="stacked", back_name="stacked")
+        elif not fused:
+            from .divergence import KLMatrixAccumulator
+
+            acc = KLMatrixAccumulator(P, P, front_labels=self._labels(), back_labels=self._labels(),
+                                      front_name="stacked", back_name="stacked",
+                                      max_elements=max(P * V, self.max_chunk_bytes // 4))
+        else:
+            acc = _FusedAllPairs(sizes, [(0, 0)] if self.same else [(0, 0), (0, 1), (1, 1)])
+        bufs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        calls = {"front": 0, "back": 0}
+        tokens = nb = 0
+        bar = tqdm(batches, desc="KLAS: probe distributions + Θ", disable=not self.progress, unit="batch")
+        for batch in bar:
+            feats_f, feats_g = self._features(batch, calls)
+            N = feats_f.shape[1]
+            if feats_g is not None and feats_g.shape[1] != N:
+                raise IncompatibleAnchorsError(
+                    f"The front anchor yields {N} samples for a batch and the back anchor {feats_g.shape[1]}.",
+                    "Stitch anchors with the same tokenization / image layout.")
+            sides = [(self.front, self.front_points, feats_f)]
+            if feats_g is not None:
+                sides.append((self.back, self.back_points, feats_g))
+            for s in range(0, N, c):
+                cs = min(c, N - s)
+                if not fused:
+                    L = torch.cat([probe.log_probs(f[:, s:s + cs], pts) for probe, pts, f in sides])
+                    if not bool(torch.isfinite(L.sum())):
+                        self._diagnose(L, [f[:, s:s + cs] for _, _, f in sides])
+                    acc.update(L, L)
+                    continue
+                logits, probs, lses = [], [], []
+                for k, (probe, pts, f) in enumerate(sides):
+                    need = cs * len(pts) * V
+                    if len(bufs) <= k or bufs[k][0].numel() < need:
+                        cap = min(c, N) * len(pts) * V if len(bufs) <= k else need
+                        cap = max(cap, need)
+                        buf = (torch.empty(cap, dtype=torch.float32), torch.empty(cap, dtype=torch.float32))
+                        bufs[k:k + 1] = [buf]
+                    z = bufs[k][0][:need].view(cs, len(pts), V)
+                    p = bufs[k][1][:need].view(cs, len(pts), V)
+                    lses.append(probe.fill_softmax(f[:, s:s + cs], pts, z, p))
+                    logits.append(z)
+                    probs.append(p)
+                if not acc.update(logits, probs, lses):
+                    self._diagnose(torch.cat([z.transpose(0, 1) for z in logits]),
+                                   [f[:, s:s + cs] for _, _, f in sides])
+            tokens += N
+            nb += 1
+            bar.set_postfix(tokens=tokens)
+        if tokens == 0:
+            raise CalibrationError("The calibration batches produced no tokens (all padding or empty).",
+                                   "Pass non-empty calibration data (a few sentences / images at least).")
+        if fused:
+            kl, ce, ent = acc.kl(), acc.ce(), acc.entropy()
+        else:
+            kl = acc.mean()
+            inner = acc._acc if hasattr(acc, "_acc") else acc
+            ce, ent = inner.cross_entropy(), inner.front_entropy()
+        kl = kl.clone()
+        kl.fill_diagonal_(0.0)
+        rows = [self._row(i) for i in range(1, self.m + 1)]
+        cols = [self._col(j) for j in range(self.n)]
+        theta = kl[rows][:, cols]
+        within = torch.stack([kl[self._col(j), self._col(j + 1)] for j in range(self.n)])
+        final = 0.0 if self.same else float(kl[self._row(self.m), self._col(self.n)])
+        return KLResult(
+            theta=theta, within_back=within, final_kl=final, cross_entropy=ce[rows][:, cols],
+            front_entropy=ent[rows], all_pairs=kl, points=list(self.points), tokens=tokens, batches=nb,
+            chunk_tokens=c, kernel="topk" if self.topk is not None else self.kernel, forward_calls=calls,
+            seconds=time.perf_counter() - t0)
+
+    def _labels(self) -> list[str]:
+        return [f"{side} {point_label(p)}" for side, p in self.points]
+
+    def _features(self, batch: dict, calls: dict):
+        """Run each anchor once; stack the features of the needed points ``[P_side, N, hidden]``."""
+        mask = batch.get("attention_mask") if self.front.is_lm else None
+        mask = None if mask is None or bool(mask.bool().all()) else mask
+        outs_f = run_prefix(self.front.anchor_model, batch, upto=self.m)
+        calls["front"] += 1
+        if self.same:
+            outs_f = outs_f[: self.n + 1]
+        feats_f = torch.stack([self.front.features(outs_f[p], mask) for p in self.front_points])
+        feats_g = None
+        if not self.same:
+            outs_g = run_prefix(self.back.anchor_model, batch, upto=self.n)
+            calls["back"] += 1
+            feats_g = torch.stack([self.back.features(outs_g[p], mask) for p in self.back_points])
+        return feats_f, feats_g
+
+    def _diagnose(self, L, feats):
+        """Name the anchor and block whose hidden state or logits / log-probs are NaN/inf, then raise.
+        ``L``: the chunk's stacked ``[P, T, V]`` logits or log-probs; ``feats``: per side ``[P_s, T, d]``."""
+        groups = [(self.front, self.front_name, self.front_points, feats[0], 0)]
+        if len(feats) > 1:
+            groups.append((self.back, self.back_name, self.back_points, feats[1], len(self.front_points)))
+        for probe, name, points, feats, offset in groups:
+            for k, p in enumerate(points):
+                if not bool(torch.isfinite(feats[k]).all()):
+                    raise NumericalError(
+                        f"Anchor {name!r} produced NaN/inf hidden states at its {point_label(p)} (point {p}).",
+                        "Run the anchor in float32 (float16 overflows in late blocks) and check its weights; "
+                        "hf_klas never propagates NaN into Θ.")
+                lp = L[offset + k]
+                if not bool(torch.isfinite(lp).all()) or bool(torch.isneginf(lp).all(-1).any()):
+                    raise NumericalError(
+                        f"Anchor {name!r} produced NaN/inf logits / log-probabilities at its {point_label(p)} "
+                        f"(point {p}) with the {probe.probe_type} probe.",
+                        "Run the anchor in float32 (float16 overflows), and check its weights; for vocabularies "
+                        "masked with -inf logits use kernel='reference' (it handles exact zeros).")
+        raise NumericalError("Θ became non-finite although every hidden state and log-probability is finite "
+                             "(float32 overflow in the KL sums).", "Use kernel='reference' (float64 totals).")
+
+
+def compute_theta(front_probe: Probe, back_probe: Probe | None, batches: list[dict], **kwargs) -> KLResult:
+    """Convenience wrapper: ``KLEngine(front_probe, back_probe, **kwargs).run(batches)``."""
+    return KLEngine(front_probe, back_probe, **kwargs).run(batches)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Hidden-state stream for the feature baselines (CKA, MSE, block influence, LS replacement)
+# ------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def stream_hidden(front_model, back_model, batches: list[dict], *, same: bool, progress: bool = True,
+                  desc: str = "hidden states"):
+    """Yield ``(front_outputs [m+1, N, d_f], back_outputs [n+1, N, d_g] | None, calls)`` per batch.
+
+    Each anchor runs once per batch (once in all for self-stitching, ``back_outputs`` is then None). Samples
+    are every non-padding token (LLM) or every token of every image (ViT: the stitch maps every token).
+    """
+    from ..anatomy import CAUSAL_LM, anatomy_for
+
+    is_lm = anatomy_for(front_model.config).task == CAUSAL_LM
+    m, n = front_model.config.num_hidden_layers, back_model.config.num_hidden_layers
+    calls = {"front": 0, "back": 0}
+
+    def flat(outs, mask):
+        if mask is not None:
+            keep = mask.bool()
+            return torch.stack([h[keep] for h in outs]).float()
+        return torch.stack([h.reshape(-1, h.shape[-1]) for h in outs]).float()
+
+    for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        mask = batch.get("attention_mask") if is_lm else None
+        hf = flat(run_prefix(front_model, batch, upto=m), mask)
+        calls["front"] += 1
+        hg = None
+        if not same:
+            hg = flat(run_prefix(back_model, batch, upto=n), mask)
+            calls["back"] += 1
+        yield hf, hg, calls

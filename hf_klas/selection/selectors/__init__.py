@@ -1,0 +1,46 @@
+"""Selectors behind one interface (:class:`~hf_klas.selection.selectors.base.Selector`); each returns a
+:class:`~hf_klas.selection.plan.StitchPlan`.
+
+=================  ===============================================================  ==================
+name               score (lower is better)                                          anchors
+=================  ===============================================================  ==================
+klas               Γ = Θ(P_i^f ‖ P_j^g) / KL(P_j^g ‖ P_{j+1}^g) (probe: logit lens)  two, or one (self)
+snnet              0 on SN-Net's nearest-stitching window, +inf elsewhere            two, or one
+cka                1 − linear CKA                                                    two, or one
+mse                relative residual of the LS stitch fit                            two, or one
+ce                 cross-entropy −Σ p_f log q_g of the probe distributions          two, or one
+random             seeded uniform                                                    two, or one
+block_influence    Σ ShortGPT block influence of the skipped blocks                  one (self)
+ls_replacement     relative residual of a linear bridge over the skipped blocks      one (self)
+=================  ===============================================================  ==================
+"""
+
+from __future__ import annotations
+
+from ...errors import HfKlasError
+from .base import DEFAULT_SEQ_LEN, Selector, SelectorConfig, valid_mask
+from .block_influence import BlockInfluenceSelector
+from .ce import CESelector
+from .cka import CKASelector
+from .klas import KlasSelector
+from .ls_replacement import LSReplacementSelector
+from .mse import MSESelector
+from .random import RandomSelector
+from .snnet import SNNetSelector, nearest_window
+
+SELECTORS: dict[str, type[Selector]] = {
+    cls.name: cls for cls in (KlasSelector, SNNetSelector, CKASelector, MSESelector, CESelector, RandomSelector,
+                              BlockInfluenceSelector, LSReplacementSelector)
+}
+
+
+def get_selector(name: str, **options) -> Selector:
+    """A selector by name with its options (unknown names / options fail with the list of known ones)."""
+    if name not in SELECTORS:
+        raise HfKlasError(f"Unknown selection method {name!r}.", f"Use one of: {', '.join(SELECTORS)}.")
+    return SELECTORS[name](**options)
+
+
+__all__ = ["SELECTORS", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "nearest_window",
+           "valid_mask", "KlasSelector", "SNNetSelector", "CKASelector", "MSESelector", "CESelector",
+           "RandomSelector", "BlockInfluenceSelector", "LSReplacementSelector"]

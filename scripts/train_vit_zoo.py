@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""Train the shipped Fashion-MNIST ViT zoo (vit-fmnist-tiny / -small / -base) on CPU, offline.
+
+Three ``transformers.ViTForImageClassification`` models of increasing width *and* depth that share the token
+layout (28x28 grayscale, 4x4 patches -> 49 patches + CLS = 50 tokens) so any pair can be stitched. Data comes
+from the Debian ``dataset-fashion-mnist`` IDX files (:mod:`hf_klas.data.fashion_mnist`); nothing is
+downloaded.
+
+Recipe (identical for the three models): the first ``--train-limit`` training images, ``--epochs`` passes in a
+seeded random order, batch ``--batch-size``, AdamW (lr ``--lr``, betas 0.9/0.999, weight decay 0.05 on
+matrices only), linear warmup over the first 5% of steps then cosine decay to 0, gradient clipping at 1.0,
+cross-entropy with label smoothing ``--label-smoothing``, random horizontal flips (``--hflip``), no dropout.
+Everything is seeded (``--seed``: weight init, data order, flips) and
+``torch.use_deterministic_algorithms(True)`` is on, so a run with the same seed, thread count and torch build
+gives the same weights. Test accuracy is measured on the full 10,000-image test split through the saved
+image processor's arithmetic (:func:`hf_klas.data.fashion_mnist.preprocess`, checked equal to
+``ViTImageProcessor`` on a sample before training).
+
+Writes, under ``--out`` (default ``hf_klas/zoo/weights``)::
+
+    vit-fmnist-{tiny,small,base}/{config.json, model.safetensors, preprocessor_config.json, README.md}
+    vit-fmnist-zoo.json   (name, path, hidden, layers, heads, params, flops, test_accuracy, train seconds, recipe)
+
+Usage::
+
+    python scripts/train_vit_zoo.py                    # the shipped zoo (defaults below)
+    python scripts/train_vit_zoo.py --models tiny --train-limit 5000 --epochs 1 --out /tmp/zoo   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import transformers  # noqa: E402
+from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
+
+from hf_klas.data.fashion_mnist import (  # noqa: E402
+    FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist_arrays, make_image_processor,
+    preprocess,
+)
+
+IMAGE_SIZE, PATCH_SIZE, NUM_CHANNELS = 28, 4, 1
+
+#: name -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size). Head dim 32 everywhere,
+#: MLP ratio 2 (keeps the three checkpoints under ~12 MB of fp32 together).
+ZOO = {
+    "tiny": (64, 6, 2, 128),
+    "small": (96, 9, 3, 192),
+    "base": (128, 12, 4, 256),
+}
+
+
+def vit_config(name: str) -> ViTConfig:
+    hidden, layers, heads, mlp = ZOO[name]
+    return ViTConfig(
+        image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, num_channels=NUM_CHANNELS,
+        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
+        hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, qkv_bias=True,
+        layer_norm_eps=1e-6, num_labels=len(FASHION_MNIST_LABELS),
+        id2label=dict(enumerate(FASHION_MNIST_LABELS)),
+        label2id={name: i for i, name in enumerate(FASHION_MNIST_LABELS)},
+    )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
+    p.add_argument("--out", default=str(REPO / "hf_klas" / "zoo" / "weights"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-limit", type=int, default=60000, help="first N training images")
+    p.add_argument("--epochs", type=float, default=2.0, help="passes over the training subset (may be fractional)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--warmup", type=float, default=0.05, help="warmup share of the steps")
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False,
+                   help="random horizontal flips (p=0.5)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--eval-batch-size", type=int, default=500)
+    p.add_argument("--license", default="apache-2.0")
+    return p.parse_args(argv)
+
+
+def count_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def forward_flops(config) -> int | None:
+    try:
+        from hf_klas.flops import anchor_flops
+        return int(anchor_flops(config).total)
+    except Exception:  # pragma: no cover - flops module is optional for training
+        return None
+
+
+@torch.no_grad()
+def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int, desc: str) -> float:
+    model.eval()
+    correct = 0
+    for s in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        logits = model(pixel_values=preprocess(images[s:s + batch_size])).logits
+        correct += int((logits.argmax(-1).numpy() == labels[s:s + batch_size]).sum())
+    return correct / len(images)
+
+
+def make_optimizer(model, lr: float, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embeddings" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.999))
+
+
+def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor):
+    torch.manual_seed(args.seed)
+    config = vit_config(name)
+    model = ViTForImageClassification(config)
+    model.train()
+    opt = make_optimizer(model, args.lr, args.weight_decay)
+    n = len(train_x)
+    steps_per_epoch = n // args.batch_size  # drop the ragged last batch
+    total = max(1, int(round(args.epochs * steps_per_epoch)))
+    warmup = max(1, int(args.warmup * total))
+    gen = torch.Generator().manual_seed(args.seed)
+    order = torch.empty(0, dtype=torch.long)
+    pos = 0
+    t0 = time.time()
+    bar = tqdm(range(total), desc=f"train vit-fmnist-{name}", unit="step", dynamic_ncols=True)
+    running = None
+    for step in bar:
+        if pos + args.batch_size > len(order):
+            order, pos = torch.randperm(n, generator=gen), 0
+        idx = order[pos:pos + args.batch_size]
+        pos += args.batch_size
+        x, y = train_x[idx], train_y[idx]
+        if args.hflip:
+            flip = torch.rand(len(x), generator=gen) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, total, warmup, args.lr)
+        logits = model(pixel_values=x).logits
+        loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 10 == 0 or step == total - 1:
+            bar.set_postfix(loss=f"{running:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+    bar.close()
+    model.eval()
+    return model, time.time() - t0, total
+
+
+def model_card(name: str, config, params: int, flops, acc: float, args, train_seconds: float, steps: int,
+               command: str) -> str:
+    hidden, layers, heads, mlp = ZOO[name]
+    others = ", ".join(f"`vit-fmnist-{o}`" for o in ZOO if o != name)
+    gflops = f"{flops / 1e6:.1f} MFLOPs" if flops else "n/a"
+    return f"""---
+library_name: transformers
+license: {args.license}
+pipeline_tag: image-classification
+datasets:
+- fashion_mnist
+tags:
+- vit
+- hf_klas
+- model-stitching
+metrics:
+- accuracy
+model-index:
+- name: vit-fmnist-{name}
+  results:
+  - task:
+      type: image-classification
+    dataset:
+      name: Fashion-MNIST
+      type: fashion_mnist
+      split: test
+    metrics:
+    - type: accuracy
+      value: {acc:.4f}
+---
+
+# vit-fmnist-{name}
+
+A small Vision Transformer (`ViTForImageClassification`) trained from scratch on Fashion-MNIST, shipped with
+hf_klas as an offline stitching anchor. It shares its token layout with {others} (28x28 grayscale input,
+4x4 patches: 49 patches + CLS = 50 tokens), so blocks of any two zoo models can be stitched.
+
+**Test accuracy (full 10,000-image Fashion-MNIST test split): {acc * 100:.2f}%**
+
+## Architecture
+
+| | |
+|---|---|
+| image size / patch / channels | {IMAGE_SIZE} / {PATCH_SIZE} / {NUM_CHANNELS} |
+| tokens | {(IMAGE_SIZE // PATCH_SIZE) ** 2} patches + CLS |
+| hidden size | {hidden} |
+| layers | {layers} |
+| attention heads | {heads} (head dim {hidden // heads}) |
+| MLP size | {mlp} |
+| parameters | {params:,} |
+| forward FLOPs per image | {gflops} (matmuls, 2 per multiply-add, `hf_klas.flops.anchor_flops`) |
+
+Labels (`id2label`): {", ".join(f"{i}={n}" for i, n in enumerate(FASHION_MNIST_LABELS))}.
+
+## Preprocessing
+
+`preprocessor_config.json` is a `ViTImageProcessor`: no resize (images are already 28x28), rescale by 1/255,
+normalise with mean {FASHION_MNIST_MEAN} / std {FASHION_MNIST_STD} (the training-set pixel statistics). Pass
+28x28 grayscale PIL images (mode `L`), e.g. `hf_klas.data.fashion_mnist.load_fashion_mnist("test")["image"]`.
+
+```python
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+from hf_klas.data.fashion_mnist import load_fashion_mnist
+
+path = "hf_klas/zoo/weights/vit-fmnist-{name}"
+processor = AutoImageProcessor.from_pretrained(path)
+model = AutoModelForImageClassification.from_pretrained(path)
+ds = load_fashion_mnist("test", limit=8)
+logits = model(**processor(images=ds["image"], return_tensors="pt")).logits
+print([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
+```
+
+## Training
+
+- data: the first {args.train_limit:,} images of the Fashion-MNIST training split (Debian
+  `dataset-fashion-mnist` IDX files), {args.epochs:g} epoch(s) = {steps:,} steps of batch {args.batch_size}
+- optimiser: AdamW, lr {args.lr:g}, betas (0.9, 0.999), weight decay {args.weight_decay:g} (matrices only),
+  {args.warmup:.0%} linear warmup then cosine decay to 0, gradient clipping 1.0
+- loss: cross-entropy, label smoothing {args.label_smoothing:g}; augmentation: {"random horizontal flip" if args.hflip else "none"};
+  dropout 0
+- seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} CPU threads)
+- hardware: CPU only ({platform.machine()}), {train_seconds / 60:.1f} min of training for this model
+- software: torch {torch.__version__}, transformers {transformers.__version__}
+- command (trains the three zoo models in one run):
+
+```bash
+{command}
+```
+
+## Limitations
+
+A toy-scale model for demonstrating and testing model stitching offline; it is not a competitive
+Fashion-MNIST classifier and was trained on a short CPU budget.
+"""
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(True)
+    command = "python scripts/train_vit_zoo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                       else sys.argv[1:]))
+    command = command.strip()
+    t_start = time.time()
+
+    train_images, train_labels = load_fashion_mnist_arrays("train", limit=args.train_limit)
+    test_images, test_labels = load_fashion_mnist_arrays("test")
+    processor = make_image_processor()
+    # The fast path (preprocess) must match what users get from the saved processor.
+    from PIL import Image
+    sample = [Image.fromarray(im) for im in test_images[:32]]
+    ref = processor(images=sample, return_tensors="pt")["pixel_values"]
+    assert torch.allclose(ref, preprocess(test_images[:32]), atol=1e-5), "preprocess != ViTImageProcessor"
+    train_x = preprocess(train_images)
+    train_y = torch.from_numpy(train_labels)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary_path = out / "vit-fmnist-zoo.json"
+    previous = {}
+    if summary_path.exists():
+        try:
+            previous = {m["name"]: m for m in json.loads(summary_path.read_text())["models"]}
+        except (ValueError, KeyError):
+            previous = {}
+
+    results = {}
+    for name in args.models:
+        model, seconds, steps = train_one(name, args, train_x, train_y)
+        acc = evaluate(model, test_images, test_labels, args.eval_batch_size, f"test vit-fmnist-{name}")
+        params = count_params(model)
+        flops = forward_flops(model.config)
+        target = out / f"vit-fmnist-{name}"
+        target.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(target, safe_serialization=True)
+        processor.save_pretrained(target)
+        (target / "README.md").write_text(model_card(name, model.config, params, flops, acc, args, seconds, steps,
+                                                     command))
+        hidden, layers, heads, mlp = ZOO[name]
+        results[name] = {
+            "name": f"vit-fmnist-{name}", "path": f"vit-fmnist-{name}", "hidden": hidden, "layers": layers,
+            "heads": heads, "intermediate_size": mlp, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
+            "num_channels": NUM_CHANNELS, "params": params, "forward_flops": flops,
+            "test_accuracy": round(acc, 4), "test_examples": int(len(test_images)),
+            "train_seconds": round(seconds, 1), "train_steps": steps,
+        }
+        tqdm.write(f"vit-fmnist-{name}: hidden {hidden}, layers {layers}, params {params:,}, "
+                   f"test accuracy {acc * 100:.2f}% ({seconds / 60:.1f} min)")
+
+    merged = {**{k.removeprefix("vit-fmnist-"): v for k, v in previous.items()}, **results}
+    ordered = [merged[k] for k in ZOO if k in merged]
+    summary = {
+        "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 grayscale, patch 4 (50 tokens). "
+                       "'path' is relative to this file's directory.",
+        "dataset": "fashion_mnist (Debian dataset-fashion-mnist)",
+        "command": command,
+        "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "models")},
+        "torch": torch.__version__, "transformers": transformers.__version__,
+        "models": ordered,
+    }
+    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    total = time.time() - t_start
+    tqdm.write(f"wrote {summary_path} ({total / 60:.1f} min wall)")
+    accs = [m["test_accuracy"] for m in ordered]
+    if len(ordered) == len(ZOO) and not all(a < b for a, b in zip(accs, accs[1:])):
+        tqdm.write(f"WARNING: test accuracies do not increase with size: {accs}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
