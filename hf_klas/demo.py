@@ -41,30 +41,30 @@ class DemoOptions:
     skip_vit: bool = field(default=False, metadata={"help": "Skip the ViT half."})
     skip_llm: bool = field(default=False, metadata={"help": "Skip the LLM half."})
     vit_candidates: int | None = field(default=None, metadata={
-        "help": "How many KLAS candidates to finetune (default 6; quick 3), spread over the FLOPs range."})
+        "help": "How many KLAS candidates to finetune (default 4; quick 2), spread over the FLOPs range."})
     vit_train_images: int | None = field(default=None, metadata={
-        "help": "Training images per stitch finetune (default 3000; quick 600)."})
+        "help": "Training images per stitch finetune (default 1536; quick 256)."})
     vit_test_images: int | None = field(default=None, metadata={
-        "help": "Test images for accuracy (default 2000; quick 500)."})
-    llm_budget: float = field(default=0.8, metadata={
+        "help": "Test images for accuracy (default 2000; quick 300)."})
+    llm_budget: float = field(default=0.9, metadata={
         "help": "FLOPs budget for the SmolLM2 self-stitch, as a fraction of the full model (or absolute FLOPs)."})
     llm_finetune_steps: int | None = field(default=None, metadata={
-        "help": "Finetuning steps for the SmolLM2 stitch (default 40; quick 8)."})
+        "help": "Finetuning steps for the SmolLM2 stitch (default 40; quick 4)."})
     llm_eval_examples: int | None = field(default=None, metadata={
-        "help": "Debian test examples for ROUGE/perplexity (default 48; quick 12)."})
+        "help": "Debian test examples for ROUGE/perplexity (default 48; quick 8)."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
 
 
 def _sizes(opts: DemoOptions) -> dict:
     q = opts.quick
     return {
-        "vit_candidates": opts.vit_candidates or (3 if q else 6),
-        "vit_train_images": opts.vit_train_images or (600 if q else 3000),
-        "vit_test_images": opts.vit_test_images or (500 if q else 2000),
+        "vit_candidates": opts.vit_candidates or (2 if q else 4),
+        "vit_train_images": opts.vit_train_images or (256 if q else 1536),
+        "vit_test_images": opts.vit_test_images or (300 if q else 2000),
         "vit_calibration_images": 128 if q else 256,
-        "llm_finetune_steps": opts.llm_finetune_steps or (8 if q else 40),
-        "llm_eval_examples": opts.llm_eval_examples or (12 if q else 48),
-        "llm_calibration_samples": 16 if q else 48,
+        "llm_finetune_steps": opts.llm_finetune_steps or (4 if q else 40),
+        "llm_eval_examples": opts.llm_eval_examples or (8 if q else 48),
+        "llm_calibration_samples": 8 if q else 48,
         "llm_train_examples": 64 if q else 320,
     }
 
@@ -101,15 +101,19 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     test = with_pixel_values(load_fashion_mnist("test", limit=sizes["vit_test_images"] + sizes["vit_calibration_images"]))
     calib_ds = test.select(range(sizes["vit_test_images"], len(test)))  # disjoint from the evaluation images
     test = test.select(range(sizes["vit_test_images"]))
-    calibration = [torch.tensor(calib_ds["pixel_values"])]
+    calibration = [calib_ds.with_format("torch")[:]["pixel_values"].float()]
     train = load_fashion_mnist("train").shuffle(seed=opts.seed).select(range(sizes["vit_train_images"]))
     train = prepare_image_dataset(with_pixel_values(train), num_labels=10)
     test_eval = test.rename_column("label", "labels")
 
     ranking = select_anchors([anchors[n] for n in VIT_ZOO], calibration=calibration, progress=True)
+    by_path = {str(a.name_or_path): name for name, a in anchors.items()}
     best = ranking[0]
-    front_name, back_name = best["front"], best["back"]
-    front, back = resolve_anchor(front_name), resolve_anchor(back_name)
+    front_name = by_path.get(str(best["front"]), str(best["front"]))
+    back_name = by_path.get(str(best["back"]), str(best["back"]))
+    for r in ranking:
+        r["front"], r["back"] = by_path.get(str(r["front"]), r["front"]), by_path.get(str(r["back"]), r["back"])
+    front, back = anchors[front_name], anchors[back_name]
     plan, info = compute_plan(front, back, calibration=calibration, method="klas", progress=True, cache=False)
     plan.save(out / "vit_plan", overwrite=opts.overwrite)
     plan.plot_heatmap(out / "vit_gamma_heatmap.png")

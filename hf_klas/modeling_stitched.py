@@ -280,6 +280,9 @@ class StitchedModelForImageClassification(StitchedPreTrainedModel):
     layernorm + classifier on the CLS token."""
 
     main_input_name = "pixel_values"
+    # The loss is a per-batch mean (no num_items_in_batch normalisation): tell the Trainer so it scales
+    # gradient accumulation itself.
+    accepts_loss_kwargs = False
 
     def __init__(self, config: StitchedConfig):
         super().__init__(config)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "accelerate_config_cpu2.yaml"

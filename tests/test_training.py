@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import datasets
 import pytest
@@ -148,6 +149,25 @@ def test_full_mode_puts_anchors_at_a_tenth_of_the_learning_rate(pair, tmp_path):
     trainer2.train()
     lrs = sorted({g["initial_lr"] for g in trainer2.optimizer.param_groups})
     assert lrs == [pytest.approx(5e-4), pytest.approx(1e-3)]
+
+
+@pytest.mark.parametrize("kind", ["vit", "lm"])
+def test_gradient_accumulation_matches_one_large_batch(pair, tmp_path, kind):
+    """Image classifiers return a per-batch mean loss: StitchTrainer makes the Trainer scale it by 1/GA (transformers
+    would otherwise treat the **kwargs forward as normalising by num_items_in_batch and skip the scaling)."""
+    if kind == "vit":
+        make, ds = vit_stitch, prepare_image_dataset(image_dataset(16), num_labels=5)
+    else:
+        make, ds = (lambda: lm_stitch(pair)), prepare_causal_lm_dataset(lm_dataset(16), vocab_size=128)
+    finals = []
+    for bs, ga in ((8, 1), (4, 2)):
+        trainer = build_trainer(make(), targs(tmp_path / f"{bs}", max_steps=1, per_device_train_batch_size=bs,
+                                              gradient_accumulation_steps=ga, optim="sgd", learning_rate=0.5),
+                                ds, mode="stitch")
+        trainer.train()
+        finals.append(trainer.model.stitch.weight.detach().clone())
+    assert not torch.equal(finals[0], make().stitch.weight)
+    assert torch.allclose(finals[0], finals[1], atol=1e-5)
 
 
 # ---- LoRA ---------------------------------------------------------------------------------------------------
@@ -401,6 +421,7 @@ def _example(name):
     path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"example_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 

@@ -90,20 +90,6 @@ def anchor_identity(model: nn.Module, name: str | None = None) -> dict:
     }
 
 
-def log_partition(logits: torch.Tensor, probs: torch.Tensor, window: int = 1024) -> torch.Tensor:
-    """``lse = logsumexp(logits)`` per row, read off an already computed softmax: ``lse = z_k - log p_k`` at
-    any ``k``. ``k`` is the most probable class among the first ``window`` ones (free), or of the whole row
-    where that one has ``p < 1e-30`` (rare; ``log p`` must come from a normal float to be exact to float32)."""
-    k = probs[..., :window].argmax(-1, keepdim=True)
-    pk = probs.gather(-1, k)
-    bad = pk < 1e-30
-    if bool(bad.any()):
-        full = probs.argmax(-1, keepdim=True)
-        k = torch.where(bad, full, k)
-        pk = probs.gather(-1, k)
-    return (logits.gather(-1, k) - pk.log()).squeeze(-1)
-
-
 def _config_from_dict(config_class, data: dict):
     known = {f.name for f in fields(config_class)}
     return config_class(**{k: v for k, v in data.items() if k in known})
@@ -204,38 +190,40 @@ class Probe(nn.Module):
         z = z.float() if z.dtype != torch.float32 else z
         return torch.log_softmax(z, dim=-1)
 
+    # ---- streaming-engine entry points (vocabulary tiles) -------------------------------------------------
     @torch.no_grad()
-    def fill_softmax(self, feats: torch.Tensor, points: Sequence[int], logits_out: torch.Tensor,
-                     probs_out: torch.Tensor) -> torch.Tensor:
-        """Streaming-engine entry point: for ``feats [P, N, hidden]`` write the logits (token-major,
-        ``logits_out [N, P, classes]``, contiguous float32) and their softmax (``probs_out``, same shape), and
-        return the log-partition ``lse [N, P]`` so that ``log p = logits - lse``.
+    def tile_state(self, feats: torch.Tensor, points: Sequence[int]):
+        """Prepare ``feats [P, N, hidden]`` for :meth:`logits_tile`. Default: the full logits, token-major
+        ``[N, P, classes]`` (fine for few classes); the lenses override it to keep only the normed features."""
+        return self.logits(feats, list(points)).float().transpose(0, 1).contiguous()
 
-        The engine needs ``Σ_v p_a log p_b = Σ_v p_a z_b - lse_b``; keeping logits instead of log-probs saves a
-        full pass over ``[N, P, classes]``. No tensor of that size is allocated here for the logit/tuned lens.
-        """
-        z = self.logits(feats, list(points)).float()  # [P, N, C]
-        logits_out.copy_(z.transpose(0, 1))
-        torch.softmax(logits_out, dim=-1, out=probs_out)
-        return log_partition(logits_out, probs_out)
+    @torch.no_grad()
+    def logits_tile(self, state, start: int, stop: int, out: torch.Tensor) -> None:
+        """Write the logits of classes ``start:stop`` into the contiguous float32 ``out [N, P, stop-start]``.
 
-    def _softmax_norm_head(self, h: torch.Tensor, logits_out: torch.Tensor, probs_out: torch.Tensor):
-        """Final norm, the head as ONE matmul into ``logits_out`` (token-major), soft-cap in place, softmax
-        into ``probs_out`` -- the allocation-free path of the logit lens (float32 heads; others fall back)."""
+        The engine walks the vocabulary in tiles small enough to stay in cache, so no ``[N, P, vocab]`` tensor
+        is ever materialised (online softmax, see :mod:`hf_klas.selection.engine`)."""
+        out.copy_(state[..., start:stop])
+
+    def _norm_head_state(self, h: torch.Tensor):
+        """Token-major normed features ``[N*P, hidden]`` for the head's tiles (float32 heads), else full logits."""
         w = self.head.weight
-        if w.dtype != torch.float32 or not logits_out.is_contiguous() or not probs_out.is_contiguous():
-            z = self._norm_head(h).float()
-            logits_out.copy_(z.transpose(0, 1))
-        else:
-            x = self.norm(h.to(w.dtype)).transpose(0, 1).reshape(-1, h.shape[-1])  # [N*P, d], token-major
-            z = logits_out.view(-1, w.shape[0])
-            torch.mm(x.to(w.dtype), w.t(), out=z)
-            if self.head.bias is not None:
-                z.add_(self.head.bias)
+        if w.dtype != torch.float32:
+            return self._norm_head(h).float().transpose(0, 1).contiguous()
+        x = self.norm(h.to(w.dtype)).transpose(0, 1)  # [N, P, d]
+        return ("rows", x.reshape(-1, x.shape[-1]).contiguous(), x.shape[0], x.shape[1])
+
+    def _norm_head_tile(self, state, start: int, stop: int, out: torch.Tensor) -> None:
+        if not isinstance(state, tuple):
+            out.copy_(state[..., start:stop])
+            return
+        _, x, _, _ = state
+        z = out.view(-1, stop - start)
+        torch.mm(x, self.head.weight[start:stop].t(), out=z)
+        if self.head.bias is not None:
+            z.add_(self.head.bias[start:stop])
         if self.softcap:
-            logits_out.div_(self.softcap).tanh_().mul_(self.softcap)
-        torch.softmax(logits_out, dim=-1, out=probs_out)
-        return log_partition(logits_out, probs_out)
+            z.div_(self.softcap).tanh_().mul_(self.softcap)
 
     @torch.no_grad()
     def block_log_probs(self, block_outputs: list[torch.Tensor], attention_mask: torch.Tensor | None = None,

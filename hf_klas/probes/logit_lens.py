@@ -29,5 +29,9 @@ class LogitLens(Probe):
         return self._norm_head(feats)
 
     @torch.no_grad()
-    def fill_softmax(self, feats, points, logits_out, probs_out):
-        return self._softmax_norm_head(feats, logits_out, probs_out)
+    def tile_state(self, feats, points):
+        return self._norm_head_state(feats)
+
+    @torch.no_grad()
+    def logits_tile(self, state, start, stop, out) -> None:
+        self._norm_head_tile(state, start, stop, out)

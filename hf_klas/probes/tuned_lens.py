@@ -112,8 +112,12 @@ class TunedLens(Probe):
         return self._norm_head(self.translate(feats, list(points)))
 
     @torch.no_grad()
-    def fill_softmax(self, feats, points, logits_out, probs_out):
-        return self._softmax_norm_head(self.translate(feats, list(points)), logits_out, probs_out)
+    def tile_state(self, feats, points):
+        return self._norm_head_state(self.translate(feats, list(points)))
+
+    @torch.no_grad()
+    def logits_tile(self, state, start, stop, out) -> None:
+        self._norm_head_tile(state, start, stop, out)
 
     @torch.no_grad()
     def mean_kl_to_final(self, feats: torch.Tensor, points: Sequence[int] | None = None) -> float:

@@ -7,22 +7,28 @@ What happens per calibration batch:
    runs once and both sides read the same block outputs;
 2. the samples are selected: every non-padding token position for causal LMs, one pooled token per image for
    ViTs (the probe's ``features``);
-3. the token dimension is cut into chunks so that one float32 ``[points, chunk, classes]`` buffer stays under
-   ``max_chunk_bytes`` (default 256 MB; two such buffers are live: log-probs and probs), whatever the
-   calibration size -- memory does not grow with the data;
-4. for each chunk, every point's log-probabilities are formed in float32 (for the logit lens: final norm,
-   ONE batched unembedding matmul into a reused buffer, log-softmax into a second reused buffer), and the
-   KL sums of ALL point pairs are accumulated.
+3. the tokens are processed in chunks (default 16) and the vocabulary in tiles (default ~1 MB of float32
+   ``[chunk, points, tile]``), so the working set is a few MB that stays in cache, and memory does not grow
+   with the data (the reference/top-k kernels materialise ``[points, chunk, vocab]`` log-probs instead,
+   bounded by ``max_chunk_bytes``);
+4. for each chunk, every point's distribution is formed in float32 from the probe's logits (for the logit
+   lens: final norm, then the unembedding as one batched matmul per vocabulary tile), and the KL sums of all
+   point pairs are accumulated in float64.
 
-The fused kernel (default). With the points of both anchors stacked into ``L [P, T, V]`` (log-probs) and
-``E = exp(L)``, ``C = E.reshape(P, T*V) @ L.reshape(P, T*V).T`` holds ``Σ_t Σ_v p_a log p_b`` for every pair
-(a, b): its diagonal is the (negative) entropy term, so ``KL(a ‖ b) = (C[a, a] - C[a, b]) / tokens``. One GEMM
-per chunk yields Θ (front rows × back resume points), the back anchor's within-anchor KLs (Γ's denominator:
-consecutive back points), the final-output KL between the anchors and the cross-entropies (CE baseline) --
-no other pass over the ``[P, T, V]`` data than the log-softmax and one ``exp``. It is the same decomposition
-as :class:`hf_klas.selection.divergence.KLMatrixAccumulator` (``kernel="reference"`` uses that accumulator,
-which additionally validates every element and handles ``-inf`` log-probs; results agree to float32
-rounding, see tests). ``topk=k`` uses :class:`~hf_klas.selection.divergence.TopKKLMatrixAccumulator`.
+The fused kernel (default) is an online softmax over vocabulary tiles (as in FlashAttention). Since
+``Σ_v p_a = 1``, ``Σ_v p_a log p_b = Σ_v p_a z_b - lse_b`` with logits ``z`` and ``lse = logsumexp(z)``. Per tile
+it keeps, per token and point ``a``, the running max ``m_a`` and ``s_a = Σ exp(z_a - m_a)``, and for all point
+pairs ``U_ab += exp(z_a - m_a) @ z_bᵀ`` (one small batched matmul per tile, rescaled when ``m_a`` grows). At the
+end ``Σ_v p_a z_b = U_ab / s_a`` and ``lse_a = m_a + log s_a``; so ``KL(a ‖ b) = C[a, a] - C[a, b]`` per token with
+``C = Σ p z - lse``. One pass yields Θ (front rows x back resume points), the back anchor's within-anchor KLs
+(Γ's denominator: consecutive back points), the final-output KL between the anchors and the cross-entropies
+(CE baseline). The logits never leave the cache and no ``[tokens, points, vocab]`` tensor exists. ``exp``
+arguments are clamped at ``EXP_FLOOR = -80`` (torch's CPU ``exp`` is ~60x slower on underflowing inputs;
+``p < 2e-35`` changes no KL digit in float32). It is the decomposition of
+:class:`hf_klas.selection.divergence.KLMatrixAccumulator`, on logits; ``kernel="reference"`` runs that
+accumulator itself on materialised log-probs (element-validated, handles ``-inf`` log-probs of masked
+vocabularies; results agree to float32 rounding, see tests). ``topk=k`` uses
+:class:`~hf_klas.selection.divergence.TopKKLMatrixAccumulator`.
 
 Θ convention (same as :mod:`hf_klas.selection.scoring`): ``theta[i-1, j]`` = mean KL(P^f after front block
 ``i`` ‖ P^g at back resume point ``j``), resume point ``j`` = back embedding output (``j = 0``) or output of back
@@ -35,6 +41,7 @@ NaN/inf: the chunk's ``[P, P]`` result is checked (free); if it is not finite, t
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +53,13 @@ from ..errors import CalibrationError, HfKlasError, IncompatibleAnchorsError, Nu
 from ..probes.base import Probe
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+#: Tokens per chunk (the unembedding matmul has ``chunk x points`` rows: 496 for SmolLM2).
+DEFAULT_CHUNK_TOKENS = 16
+#: Vocabulary tile of the fused kernel: ``[chunk, points, tile]`` float32 of about this size (fits in L2;
+#: measured on SmolLM2: 1 MB tiles (512 classes) a few % faster than 2-4 MB).
+DEFAULT_TILE_BYTES = 2**20
+#: Lower clamp of exp() arguments in the fused kernel (see _fused_chunk).
+EXP_FLOOR = -80.0
 KERNELS = ("fused", "reference")
 
 
@@ -74,11 +88,10 @@ class KLResult:
 
 
 class _FusedAllPairs:
-    """Σ_t Σ_v p_a log p_b for stacked points (a, b), from logits and probs: ``Σ_v p_a z_b - lse_b`` per token.
+    """Float64 totals of ``Σ_t Σ_v p_a z_b`` and ``Σ_t lse_a`` for stacked points; ``log p_b = z_b - lse_b``.
 
-    ``blocks`` lists the (row side, column side) pairs that are computed, one batched matmul each per chunk
-    (self-stitching: the one side with itself; cross-model: front x front, front x back, back x back -- the
-    back x front block is never needed and stays NaN).
+    ``blocks`` lists the (row side, column side) pairs computed (self-stitching: the one side with itself;
+    cross-model: front x front, front x back, back x back -- back x front is never needed and stays NaN).
     """
 
     def __init__(self, sizes: list[int], blocks: list[tuple[int, int]]):
@@ -96,11 +109,11 @@ class _FusedAllPairs:
         oa, ob = self.offsets[a], self.offsets[b]
         return t[oa:oa + self.sizes[a], ob:ob + self.sizes[b]]
 
-    def update(self, logits: list[torch.Tensor], probs: list[torch.Tensor], lse: list[torch.Tensor]) -> bool:
-        """``logits[s]``/``probs[s]``: ``[T, P_s, V]`` per side, ``lse[s]``: ``[T, P_s]``. Returns finiteness."""
+    def update(self, pz: dict, lse: list[torch.Tensor]) -> bool:
+        """``pz[(a, b)]``: ``[T, P_a, P_b]`` = Σ_v p_a z_b per token; ``lse[s]``: ``[T, P_s]``. Returns finiteness."""
         ok = True
-        for a, b in self.blocks:
-            c = torch.bmm(probs[a], logits[b].transpose(1, 2)).to(torch.float64).sum(0)
+        for (a, b), c in pz.items():
+            c = c.to(torch.float64).sum(0)
             ok &= bool(torch.isfinite(c).all())
             self._blk(self.cz, a, b).add_(c)
         for sd, l in enumerate(lse):
@@ -108,7 +121,8 @@ class _FusedAllPairs:
             ok &= bool(torch.isfinite(lsum).all())
             o = self.offsets[sd]
             self.lse[o:o + self.sizes[sd]] += lsum
-        self.count += logits[0].shape[0]
+            count = l.shape[0]
+        self.count += count
         return ok
 
     def cross(self) -> torch.Tensor:
@@ -136,7 +150,11 @@ class KLEngine:
     """Streamed Θ for one (front, back) pair of probes; ``back_probe=None`` (or the same probe) = self-stitching.
 
     Args:
-        max_chunk_bytes: bound on one float32 ``[points, chunk, classes]`` buffer (two are live).
+        max_chunk_bytes: bound on the ``[points, chunk, classes]`` log-probs of the reference / top-k kernels
+            (also caps the chunk of the fused kernel).
+        tile_bytes: vocabulary tile of the fused kernel (``[chunk, points, tile]`` float32).
+        chunk_tokens: use at most this many tokens per chunk (default 16; None: as many as ``max_chunk_bytes``
+            allows).
         kernel: ``"fused"`` (default, one GEMM per chunk) or ``"reference"`` (the divergence module's
             accumulator, element-validated; slower).
         topk: approximate with the top-k union of every block (``TopKKLMatrixAccumulator``); None = exact.
@@ -144,7 +162,8 @@ class KLEngine:
 
     def __init__(self, front_probe: Probe, back_probe: Probe | None = None, *, max_chunk_bytes: int =
                  DEFAULT_MAX_CHUNK_BYTES, kernel: str = "fused", topk: int | None = None, progress: bool = True,
-                 front_name: str | None = None, back_name: str | None = None, chunk_tokens: int | None = None):
+                 front_name: str | None = None, back_name: str | None = None,
+                 chunk_tokens: int | None = DEFAULT_CHUNK_TOKENS, tile_bytes: int = DEFAULT_TILE_BYTES):
         if kernel not in KERNELS:
             raise HfKlasError(f"Unknown KL kernel {kernel!r}.", f"Use one of {KERNELS}.")
         self.front = front_probe
@@ -160,6 +179,7 @@ class KLEngine:
         self.m = self.front.num_points - 1
         self.n = self.back.num_points - 1
         self.max_chunk_bytes = int(max_chunk_bytes)
+        self.tile_bytes = int(tile_bytes)
         self.kernel = kernel
         self.topk = topk
         self.progress = progress
@@ -188,72 +208,145 @@ class KLEngine:
     def _col(self, j: int) -> int:  # back point j (0..n)
         return j if self.same else self.m + j
 
-    # ---- the pass --------------------------------------------------------------------------------------
+    # ---- the pass ------------------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, batches: list[dict]) -> KLResult:
-        t0 = time.perf_counter()
-        P, V, c = self.num_points, self.classes, self.chunk_tokens
-        pf = len(self.front_points)
-        sizes = [pf] if self.same else [pf, len(self.back_points)]
-        fused = self.topk is None and self.kernel == "fused"
+        """The whole pass: :meth:`reset`, :meth:`feed` every batch (tqdm), :meth:`result`."""
+        self.reset()
+        bar = tqdm(batches, desc="KLAS: probe distributions + Θ", disable=not self.progress, unit="batch")
+        for batch in bar:
+            self.feed(batch)
+            bar.set_postfix(tokens=self.tokens)
+        return self.result()
+
+    def reset(self) -> None:
+        """Start a new pass (the chunk buffers are kept for reuse)."""
+        P, V = self.num_points, self.classes
+        self._t0 = time.perf_counter()
+        self._seconds = 0.0
+        self._fused = self.topk is None and self.kernel == "fused"
         if self.topk is not None:
             from .divergence import TopKKLMatrixAccumulator
 
-            acc = TopKKLMatrixAccumulator(P, P, int(self.topk), front_labels=self._labels(),
-                                          back_labels=self._labels(), front_name="stacked", back_name="stacked")
-        elif not fused:
+            self._acc = TopKKLMatrixAccumulator(P, P, int(self.topk), front_labels=self._labels(),
+                                                back_labels=self._labels(), front_name="stacked",
+                                                back_name="stacked")
+        elif not self._fused:
             from .divergence import KLMatrixAccumulator
 
-            acc = KLMatrixAccumulator(P, P, front_labels=self._labels(), back_labels=self._labels(),
-                                      front_name="stacked", back_name="stacked",
-                                      max_elements=max(P * V, self.max_chunk_bytes // 4))
+            self._acc = KLMatrixAccumulator(P, P, front_labels=self._labels(), back_labels=self._labels(),
+                                            front_name="stacked", back_name="stacked",
+                                            max_elements=max(P * V, self.max_chunk_bytes // 4))
         else:
-            acc = _FusedAllPairs(sizes, [(0, 0)] if self.same else [(0, 0), (0, 1), (1, 1)])
-        bufs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        calls = {"front": 0, "back": 0}
-        tokens = nb = 0
-        bar = tqdm(batches, desc="KLAS: probe distributions + Θ", disable=not self.progress, unit="batch")
-        for batch in bar:
-            feats_f, feats_g = self._features(batch, calls)
-            N = feats_f.shape[1]
-            if feats_g is not None and feats_g.shape[1] != N:
-                raise IncompatibleAnchorsError(
-                    f"The front anchor yields {N} samples for a batch and the back anchor {feats_g.shape[1]}.",
-                    "Stitch anchors with the same tokenization / image layout.")
-            sides = [(self.front, self.front_points, feats_f)]
-            if feats_g is not None:
-                sides.append((self.back, self.back_points, feats_g))
-            for s in range(0, N, c):
-                cs = min(c, N - s)
-                if not fused:
-                    L = torch.cat([probe.log_probs(f[:, s:s + cs], pts) for probe, pts, f in sides])
-                    if not bool(torch.isfinite(L.sum())):
-                        self._diagnose(L, [f[:, s:s + cs] for _, _, f in sides])
-                    acc.update(L, L)
-                    continue
-                logits, probs, lses = [], [], []
-                for k, (probe, pts, f) in enumerate(sides):
-                    need = cs * len(pts) * V
-                    if len(bufs) <= k or bufs[k][0].numel() < need:
-                        cap = min(c, N) * len(pts) * V if len(bufs) <= k else need
-                        cap = max(cap, need)
-                        buf = (torch.empty(cap, dtype=torch.float32), torch.empty(cap, dtype=torch.float32))
-                        bufs[k:k + 1] = [buf]
-                    z = bufs[k][0][:need].view(cs, len(pts), V)
-                    p = bufs[k][1][:need].view(cs, len(pts), V)
-                    lses.append(probe.fill_softmax(f[:, s:s + cs], pts, z, p))
-                    logits.append(z)
-                    probs.append(p)
-                if not acc.update(logits, probs, lses):
-                    self._diagnose(torch.cat([z.transpose(0, 1) for z in logits]),
-                                   [f[:, s:s + cs] for _, _, f in sides])
-            tokens += N
-            nb += 1
-            bar.set_postfix(tokens=tokens)
-        if tokens == 0:
+            sizes = [len(self.front_points)] if self.same else [len(self.front_points), len(self.back_points)]
+            self._acc = _FusedAllPairs(sizes, [(0, 0)] if self.same else [(0, 0), (0, 1), (1, 1)])
+        if not hasattr(self, "_bufs"):
+            self._bufs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.calls = {"front": 0, "back": 0}
+        self.tokens = 0
+        self.batches = 0
+
+    def _tile_width(self, cs: int) -> int:
+        pmax = max(len(self.front_points), len(self.back_points))
+        w = (self.tile_bytes // (4 * max(cs, 1) * pmax)) // 64 * 64
+        return int(min(self.classes, max(64, w)))
+
+    def _buffers(self, k: int, numel: int):
+        """Two reused float32 tile buffers of side ``k`` (logits, exp), allocated once."""
+        if len(self._bufs) <= k or self._bufs[k][0].numel() < numel:
+            buf = (torch.empty(numel, dtype=torch.float32), torch.empty(numel, dtype=torch.float32))
+            if len(self._bufs) <= k:
+                self._bufs.append(buf)
+            else:
+                self._bufs[k] = buf
+        return self._bufs[k]
+
+    def _fused_chunk(self, sides, s: int, cs: int):
+        """Online softmax over vocabulary tiles for one chunk of tokens.
+
+        Per side ``a`` and tile: logits ``z_a`` (the head's tile matmul), running max ``m_a`` and sum
+        ``s_a = Σ exp(z_a - m_a)``, and for every block (a, b) ``U_ab += exp(z_a - m_a) @ z_bᵀ`` (rescaled when
+        ``m_a`` grows). At the end ``Σ_v p_a z_b = U_ab / s_a`` and ``lse_a = m_a + log s_a``. The tiles stay in
+        cache; no ``[tokens, points, vocab]`` tensor exists."""
+        V = self.classes
+        wt = self._tile_width(cs)
+        states, shapes = [], []
+        for k, (probe, pts, f) in enumerate(sides):
+            states.append(probe.tile_state(f[:, s:s + cs], pts))
+            shapes.append(len(pts))
+        blocks = [(0, 0)] if len(sides) == 1 else [(0, 0), (0, 1), (1, 1)]
+        m = [torch.full((cs, p), -math.inf) for p in shapes]
+        tot = [torch.zeros(cs, p) for p in shapes]
+        U = {(a, b): torch.zeros(cs, shapes[a], shapes[b]) for a, b in blocks}
+        bufs = [self._buffers(k, cs * p * wt) for k, p in enumerate(shapes)]
+        for v0 in range(0, V, wt):
+            v1 = min(V, v0 + wt)
+            w = v1 - v0
+            zs, es = [], []
+            for k, (probe, pts, _) in enumerate(sides):
+                z = bufs[k][0][: cs * shapes[k] * w].view(cs, shapes[k], w)
+                probe.logits_tile(states[k], v0, v1, z)
+                zs.append(z)
+            for k in range(len(sides)):
+                z, e = zs[k], bufs[k][1][: cs * shapes[k] * w].view(cs, shapes[k], w)
+                mn = torch.maximum(m[k], z.amax(-1))
+                scale = torch.exp(m[k] - mn).nan_to_num_(nan=0.0)  # -inf - -inf: nothing accumulated yet
+                # exp() below about -87 underflows, and torch's CPU exp takes a ~60x slower path there:
+                # clamp at -80 (p < 2e-35 becomes 2e-35; the mass that adds, V * 2e-35, is far below float32
+                # resolution of any KL term) -- this alone halves the cost of the extra passes on peaked LLM
+                # distributions.
+                torch.sub(z, mn.unsqueeze(-1), out=e).clamp_min_(EXP_FLOOR).exp_()
+                tot[k].mul_(scale).add_(e.sum(-1))
+                for a, b in blocks:
+                    if a == k:
+                        U[(a, b)].mul_(scale.unsqueeze(-1))
+                m[k] = mn
+                es.append(e)
+            for a, b in blocks:
+                U[(a, b)].baddbmm_(es[a], zs[b].transpose(1, 2))
+        pz = {(a, b): U[(a, b)] / tot[a].unsqueeze(-1) for a, b in blocks}
+        lse = [m[k] + tot[k].log() for k in range(len(sides))]
+        return pz, lse, states
+
+    @torch.no_grad()
+    def feed(self, batch: dict) -> None:
+        """Add one calibration batch (each anchor runs once on it)."""
+        if not hasattr(self, "_acc"):
+            self.reset()
+        t0 = time.perf_counter()
+        c, acc = self.chunk_tokens, self._acc
+        feats_f, feats_g = self._features(batch, self.calls)
+        N = feats_f.shape[1]
+        if feats_g is not None and feats_g.shape[1] != N:
+            raise IncompatibleAnchorsError(
+                f"The front anchor yields {N} samples for a batch and the back anchor {feats_g.shape[1]}.",
+                "Stitch anchors with the same tokenization / image layout.")
+        sides = [(self.front, self.front_points, feats_f)]
+        if feats_g is not None:
+            sides.append((self.back, self.back_points, feats_g))
+        for s in range(0, N, c):
+            cs = min(c, N - s)
+            if not self._fused:
+                L = torch.cat([probe.log_probs(f[:, s:s + cs], pts) for probe, pts, f in sides])
+                if not bool(torch.isfinite(L.sum())):
+                    self._diagnose(L, [f[:, s:s + cs] for _, _, f in sides])
+                acc.update(L, L)
+                continue
+            pz, lse, states = self._fused_chunk(sides, s, cs)
+            if not acc.update(pz, lse):
+                self._diagnose(torch.cat([probe.log_probs(f[:, s:s + cs], pts) for probe, pts, f in sides]),
+                               [f[:, s:s + cs] for _, _, f in sides])
+        self.tokens += N
+        self.batches += 1
+        self._seconds += time.perf_counter() - t0
+
+    def result(self) -> KLResult:
+        """Θ, within-back KLs, final KL, CE and entropies of everything fed since :meth:`reset`."""
+        if self.tokens == 0:
             raise CalibrationError("The calibration batches produced no tokens (all padding or empty).",
                                    "Pass non-empty calibration data (a few sentences / images at least).")
-        if fused:
+        acc = self._acc
+        if self._fused:
             kl, ce, ent = acc.kl(), acc.ce(), acc.entropy()
         else:
             kl = acc.mean()
@@ -268,9 +361,10 @@ class KLEngine:
         final = 0.0 if self.same else float(kl[self._row(self.m), self._col(self.n)])
         return KLResult(
             theta=theta, within_back=within, final_kl=final, cross_entropy=ce[rows][:, cols],
-            front_entropy=ent[rows], all_pairs=kl, points=list(self.points), tokens=tokens, batches=nb,
-            chunk_tokens=c, kernel="topk" if self.topk is not None else self.kernel, forward_calls=calls,
-            seconds=time.perf_counter() - t0)
+            front_entropy=ent[rows], all_pairs=kl, points=list(self.points), tokens=self.tokens,
+            batches=self.batches, chunk_tokens=self.chunk_tokens,
+            kernel="topk" if self.topk is not None else self.kernel, forward_calls=dict(self.calls),
+            seconds=self._seconds)
 
     def _labels(self) -> list[str]:
         return [f"{side} {point_label(p)}" for side, p in self.points]

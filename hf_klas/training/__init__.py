@@ -7,6 +7,7 @@
 * :class:`FinetuneOptions` / :func:`run_finetune` -- ``hf-klas finetune`` (one options dataclass, API and CLI).
 """
 
+from .api import FinetuneOptions, run_finetune
 from .distill import StitchDistillationTrainer, distillation_loss
 from .finetune import (
     MODES,
@@ -53,10 +54,3 @@ __all__ = [
     "train_supernet",
 ]
 
-
-def __getattr__(name):  # the options model imports datasets helpers lazily
-    if name in ("FinetuneOptions", "run_finetune"):
-        from . import api
-
-        return getattr(api, name)
-    raise AttributeError(name)

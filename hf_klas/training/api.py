@@ -57,9 +57,10 @@ class FinetuneOptions:
                 "default of hf_klas.calibration."})
     sampling: str = field(default="uniform", metadata={
         "help": "Supernet configuration sampling: uniform (SN-Net) or flops (SN-Netv2: bucket, then config)."})
-    dataset: str = field(default="debian_descriptions", metadata={
+    dataset: str | None = field(default=None, metadata={
         "help": "Training data: debian_descriptions, fashion_mnist, a .json/.jsonl/.csv/.parquet/.txt file, a "
-                "save_to_disk directory, or a Hub dataset name."})
+                "save_to_disk directory, or a Hub dataset name. Default: debian_descriptions for causal LMs, "
+                "fashion_mnist for image classifiers."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default=None, metadata={"help": "Split to evaluate on after training (optional)."})
@@ -193,8 +194,11 @@ def load_preprocessor_for(model, name_or_path: str | None = None):
     candidates = [name_or_path] if name_or_path else []
     anchors = getattr(model.config, "anchors", None) or {}
     candidates += [(anchors.get(k) or {}).get("name_or_path") for k in ("back", "front")]
+    from ..zoo import ALIASES, LOCAL
+
     for cand in candidates:
-        if not cand:
+        # in-memory anchors are recorded by class name: only paths, zoo aliases and Hub ids are worth a look
+        if not cand or not (Path(cand).exists() or cand in ALIASES or cand in LOCAL or "/" in cand):
             continue
         try:
             if Path(cand).is_dir():
@@ -307,11 +311,12 @@ def _validate(opts: FinetuneOptions) -> None:
 def _prepare_data(opts, model, preprocessor, split, limit):
     from .finetune import prepare_causal_lm_dataset, prepare_image_dataset
 
-    ds = load_dataset_arg(opts.dataset, split, opts.dataset_config, limit=limit)
     task = model.task if hasattr(model, "stitches") else model.config.task
+    name = opts.dataset or ("debian_descriptions" if task == CAUSAL_LM else "fashion_mnist")
+    ds = load_dataset_arg(name, split, opts.dataset_config, limit=limit)
     if task == CAUSAL_LM:
         prompt, target = opts.prompt_column, opts.target_column
-        if opts.dataset == "debian_descriptions" and prompt is None and target is None:
+        if name == "debian_descriptions" and prompt is None and target is None:
             prompt, target = "prompt", "target"
         vocab = (model.core.config if hasattr(model, "stitches") else model.config).vocab_size
         return prepare_causal_lm_dataset(ds, preprocessor, text_column=opts.text_column, prompt_column=prompt,
@@ -399,7 +404,7 @@ def run_finetune(opts: FinetuneOptions | None = None, **kwargs) -> dict:
     if eval_ds is not None:
         metrics.update(trainer.evaluate())
     recipe = {"mode": mode, "learning_rate": opts.learning_rate, "anchor_lr_scale": opts.anchor_lr_scale,
-              "steps": int(result.global_step), "dataset": opts.dataset, "seed": opts.seed,
+              "steps": int(result.global_step), "dataset": opts.dataset or "default", "seed": opts.seed,
               "train_loss": float(result.training_loss)}
     if mode == "lora":
         recipe.update({"lora_r": opts.lora_r, "lora_alpha": opts.lora_alpha or 2 * opts.lora_r})

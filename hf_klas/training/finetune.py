@@ -117,7 +117,11 @@ class StitchTrainer(Trainer):
         self.anchor_lr_scale = anchor_lr_scale
         super().__init__(*args, **kwargs)
         self.add_callback(StitchCheckpointCallback(describe_for_checkpoint(self.model)))
-        if model_task(self.model) != CAUSAL_LM:
+        try:
+            task = model_task(self.model)
+        except HfKlasError:  # not a stitched model: plain Trainer behaviour
+            task = None
+        if task is not None and task != CAUSAL_LM:
             # Image classifiers return a per-batch *mean* loss; they take **kwargs only to ignore
             # num_items_in_batch. Telling the Trainer so keeps gradient accumulation and multi-process
             # averaging right (otherwise it would skip the 1/GA scaling and multiply by the world size).

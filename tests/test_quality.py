@@ -1,0 +1,178 @@
+"""Selection-quality study (hf_klas.quality): statistics, the fast LM oracle path, and a --quick smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hf_klas.quality import (  # noqa: E402
+    QualityOptions, analyze_selector, kendall_tau_b, lm_self_stitch_perplexities, rankdata, run_quality, spearman,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- statistics ------------------------------------------------------------------------------------------------
+def test_rankdata_ties_and_inf():
+    assert rankdata([3.0, 1.0, 3.0, math.inf]).tolist() == [2.5, 1.0, 2.5, 4.0]
+
+
+def test_spearman_kendall_known_values():
+    a = [1, 2, 3, 4, 5]
+    assert spearman(a, a) == pytest.approx(1.0)
+    assert spearman(a, a[::-1]) == pytest.approx(-1.0)
+    assert kendall_tau_b(a, a[::-1]) == pytest.approx(-1.0)
+    # tau-b with ties: scipy.stats.kendalltau([1,2,2,3],[1,3,2,4]) = 0.912870929...
+    assert kendall_tau_b([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9128709291752769)
+    # spearman with ties: scipy.stats.spearmanr([1,2,2,3],[1,3,2,4]) = 0.9486832980505138
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert kendall_tau_b([0, math.inf, math.inf], [3, 2, 1]) == pytest.approx(-math.sqrt(2 / 3))
+
+
+def test_analyze_selector_perfect_and_inverse():
+    from hf_klas.evaluation.pareto import ParetoPoint
+
+    q = np.array([0.5, 0.6, 0.7, 0.8, 0.55, 0.65])
+    flops = np.array([1.0, 1.1, 2.0, 2.1, 1.2, 2.2])
+    buckets = np.array([0, 0, 1, 1, 0, 1])
+    pool = [{"name": str(k), "front_blocks": 1, "back_start": k, "flops": f} for k, f in enumerate(flops)]
+    anchors = [ParetoPoint("a", 1.0, 0, 0.5, kind="anchor"), ParetoPoint("b", 3.0, 0, 0.9, kind="anchor")]
+    kw = dict(higher_is_better=True, k=1, tie_rank=np.arange(6), anchor_points=anchors, pool=pool, flops_min=1.0,
+              flops_max=3.0)
+    good = analyze_selector(-q, q[None], flops, buckets, **kw)
+    assert good["spearman"] == pytest.approx(1.0) and good["overlap"] == 1.0 and good["regret"] == 0.0
+    bad = analyze_selector(q, np.stack([q, q + 0.01]), flops, buckets, **kw)
+    assert bad["spearman"] == pytest.approx(-1.0) and bad["overlap"] == 0.0 and bad["regret"] > 0
+    assert bad["auc"] < good["auc"]
+    assert bad["spearman_seed_std"] == pytest.approx(0.0)
+
+
+# ---- the fast self-stitch oracle is the stitched model -------------------------------------------------------
+def test_lm_fast_path_matches_stitched_model():
+    from tiny import llama_pair
+
+    from hf_klas import StitchedModel
+    from hf_klas.evaluation import perplexity
+
+    _, model = llama_pair(vocab=128)
+    g = torch.Generator().manual_seed(1)
+    cal = [{"input_ids": torch.randint(3, 128, (4, 16), generator=g),
+            "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(3)]
+    ids = torch.randint(3, 128, (6, 12), generator=g)
+    ev = [{"input_ids": ids[:3], "attention_mask": torch.ones(3, 12, dtype=torch.long)},
+          {"input_ids": ids[3:], "attention_mask": torch.ones(3, 12, dtype=torch.long)}]
+    ev[1]["attention_mask"][0, 8:] = 0  # right padding in the second batch
+    rows = [ids[k] for k in range(6)]
+    rows[3] = rows[3][:8]
+    configs = [(1, 2), (2, 4), (1, 5)]
+    fast = lm_self_stitch_perplexities(model, configs, cal, ev, progress=False)
+    for i, j in configs:
+        stitched = StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j, calibration=cal,
+                                              progress=False)
+        ref = perplexity(stitched, None, rows, max_length=None, batch_size=3, progress=False)
+        assert fast[(i, j)] == pytest.approx(ref, rel=1e-5)
+
+
+# ---- --quick smoke run on tiny random anchors -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_anchors(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM, ViTConfig, ViTForImageClassification
+
+    from hf_klas.data.fashion_mnist import FASHION_MNIST_LABELS, make_image_processor
+    from hf_klas.loading import resolve_anchor
+
+    root = tmp_path_factory.mktemp("quality_anchors")
+    labels = dict(enumerate(FASHION_MNIST_LABELS))
+    paths = []
+    torch.manual_seed(0)
+    for name, (hidden, layers, heads) in {"vit-a": (32, 2, 2), "vit-b": (48, 3, 3)}.items():
+        cfg = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, id2label=labels,
+                        label2id={v: k for k, v in labels.items()})
+        ViTForImageClassification(cfg).save_pretrained(root / name)
+        make_image_processor().save_pretrained(root / name)
+        paths.append(str(root / name))
+    tok = resolve_anchor("smollm2-135m").load_preprocessor()
+    lm = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, tie_word_embeddings=True, max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id))
+    lm.save_pretrained(root / "lm")
+    tok.save_pretrained(root / "lm")
+    return paths[0], paths[1], str(root / "lm")
+
+
+def _check_report(report: dict):
+    assert report["format"] == "hf_klas.selection_quality"
+    kinds = {st["kind"] for st in report["studies"]}
+    assert kinds == {"vit", "lm_self_stitch"}
+    for st in report["studies"]:
+        pool = st["oracle"]["configs"]
+        assert pool and all(len(c["quality_per_seed"]) == len(st["oracle"]["seeds"]) for c in pool)
+        assert "oracle" in st["selectors"]
+        for label, r in st["selectors"].items():
+            assert "error" not in r, (label, r)
+            for key in ("spearman", "kendall", "spearman_within_bucket", "kendall_within_bucket", "spearman_init"):
+                v = r.get(key)
+                assert v is None or -1.0 <= v <= 1.0, (label, key, v)
+            for key in ("overlap", "overlap_chance"):
+                v = r.get(key)
+                assert v is None or 0.0 <= v <= 1.0, (label, key, v)
+            assert r.get("regret") is None or r["regret"] >= 0
+            assert r["auc"] is not None and math.isfinite(r["auc"])
+            if st["higher_is_better"]:
+                assert 0.0 <= r["auc"] <= 1.0
+            assert r["candidates"]
+        expected = {"oracle", "klas:logit_lens", "klas:tuned_lens", "snnet", "cka", "mse", "ce", "random"}
+        if st["kind"] == "vit":
+            expected |= {"klas:probenet"}
+            assert len(st["oracle"]["seeds"]) == 2
+            assert all(c["quality_std"] is not None for c in pool)
+        else:
+            expected |= {"block_influence", "ls_replacement"}
+        assert expected <= set(st["selectors"])
+
+
+def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
+    """The CI smoke test: benchmarks/selection_quality.py --quick on tiny random anchors (< 90 s)."""
+    import importlib.util
+
+    front, back, lm = tiny_anchors
+    spec = importlib.util.spec_from_file_location("selection_quality", REPO / "benchmarks" / "selection_quality.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    summary = script.main(["--quick", "--vit_pairs", f"{front}:{back}", "--lm_anchor", lm, "--out_dir",
+                           str(tmp_path), "--name", "sq", "--progress", "false"])
+    report = json.loads((tmp_path / "sq.json").read_text())
+    _check_report(report)
+    md = (tmp_path / "sq.md").read_text()
+    assert "| selector |" in md and "klas:logit_lens" in md
+    assert (tmp_path / "sq.png").stat().st_size > 0
+    assert summary["json"] == str(tmp_path / "sq.json")
+
+
+def test_cli_lists_quality_options():
+    from hf_klas.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["quality", "--quick", "--studies", "vit", "--top_k", "2"])
+    assert args.quick is True and args.studies == ["vit"] and args.top_k == 2
+
+
+def test_bad_options_fail_before_work(tmp_path):
+    from hf_klas.errors import HfKlasError
+
+    with pytest.raises(HfKlasError, match="Unknown studies"):
+        run_quality(QualityOptions(studies=["nope"], out_dir=str(tmp_path)))
+    with pytest.raises(HfKlasError, match="Unknown selector"):
+        run_quality(QualityOptions(studies=["vit"], vit_selectors=["bogus"], out_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())
