@@ -115,13 +115,14 @@ class QualityOptions:
         "help": "Finetune seeds of the other ViT pairs."})
     vit_max_configs: int = field(default=0, metadata={
         "help": "First ViT pair: at most this many pool configurations (seeded random subset); 0 = all."})
-    vit_other_max_configs: int = field(default=24, metadata={
-        "help": "Other ViT pairs: at most this many pool configurations (seeded random subset); 0 = all."})
+    vit_other_max_configs: int = field(default=16, metadata={
+        "help": "Other ViT pairs: at most this many pool configurations (seeded random subset); 0 = all. They "
+                "run last and stop at time_budget_minutes."})
     vit_mode: str = field(default="stitch", metadata={
         "help": "Finetuning mode of every ViT stitch (build_trainer): stitch, lora or full."})
-    vit_steps: int = field(default=30, metadata={"help": "Finetuning steps per configuration and seed."})
+    vit_steps: int = field(default=24, metadata={"help": "Finetuning steps per configuration and seed."})
     vit_batch_size: int = field(default=64, metadata={"help": "Finetuning batch size."})
-    vit_lr: float = field(default=1e-3, metadata={"help": "Finetuning learning rate (AdamW, linear decay)."})
+    vit_lr: float = field(default=3e-3, metadata={"help": "Finetuning learning rate (AdamW, linear decay)."})
     vit_train_samples: int = field(default=2048, metadata={
         "help": "Fixed training subset: the first N Fashion-MNIST training images."})
     vit_test_samples: int = field(default=1000, metadata={
@@ -135,7 +136,7 @@ class QualityOptions:
     lm_anchor: str = field(default="smollm2-135m", metadata={"help": "Causal LM stitched to itself."})
     lm_min_skip: int = field(default=1, metadata={"help": "Pool: configurations skipping at least this many blocks."})
     lm_max_skip: int = field(default=6, metadata={"help": "Pool: ... and at most this many (j - i)."})
-    lm_max_configs: int = field(default=0, metadata={
+    lm_max_configs: int = field(default=48, metadata={
         "help": "At most this many pool configurations (seeded random subset); 0 = all."})
     lm_eval_texts: int = field(default=16, metadata={
         "help": "Debian descriptions (test split, seeded shuffle) for the perplexity oracle."})
@@ -147,12 +148,15 @@ class QualityOptions:
     lm_selectors: list[str] = field(default_factory=lambda: list(LM_SELECTORS), metadata={
         "help": "Selectors for self-stitching: method or method:probe."})
     # ---- shared ---------------------------------------------------------------------------------------------
-    tuned_lens_steps: int = field(default=50, metadata={"help": "Training steps of the tuned lens probes."})
+    tuned_lens_steps: int = field(default=20, metadata={"help": "Training steps of the tuned lens probes."})
     num_buckets: int = field(default=10, metadata={"help": "Equal-width FLOPs buckets of the pool."})
     top_k: int = field(default=1, metadata={"help": "Candidate-set size per FLOPs bucket (every selector)."})
     random_repeats: int = field(default=20, metadata={"help": "Seeds of the random selector (mean and std)."})
     subset_seed: int = field(default=0, metadata={"help": "Seed of random pool subsets and of tie-breaking."})
     ridge: float = field(default=1e-4, metadata={"help": "Relative ridge of the least-squares stitch init."})
+    time_budget_minutes: float = field(default=55.0, metadata={
+        "help": "Wall-clock budget: the non-default ViT pairs (run last) stop finetuning when it is spent; "
+                "0 = no limit. The default pair and the LM study always run in full."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (0: leave as is)."})
     use_cache: bool = field(default=False, metadata={
         "help": "Reuse cached selection plans (timings then measure the cache, not the selector)."})
@@ -479,18 +483,29 @@ def _analyze_study(study: dict, selectors: dict, opts: QualityOptions) -> dict:
 # ------------------------------------------------------------------------------------------------------------
 # ViT study
 # ------------------------------------------------------------------------------------------------------------
-def _vit_data(opts: QualityOptions):
-    import datasets
+class _PixelDataset(torch.utils.data.Dataset):
+    """In-memory ``{"pixel_values", "labels"}`` rows (no Arrow round trip per step)."""
 
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, k):
+        return {"pixel_values": self.pixels[k], "labels": self.labels[k]}
+
+
+def _vit_data(opts: QualityOptions):
     from .data.fashion_mnist import load_fashion_mnist_arrays, preprocess
 
     n_train = max(opts.vit_train_samples, opts.vit_calibration_samples)
     tr_img, tr_lab = load_fashion_mnist_arrays("train", limit=n_train)
     te_img, te_lab = load_fashion_mnist_arrays("test", limit=opts.vit_test_samples)
     tr_px, te_px = preprocess(tr_img), preprocess(te_img)
-    train = datasets.Dataset.from_dict({"pixel_values": tr_px[:opts.vit_train_samples].numpy(),
-                                        "labels": tr_lab[:opts.vit_train_samples]}).with_format("torch")
-    test = datasets.Dataset.from_dict({"pixel_values": te_px.numpy(), "labels": te_lab}).with_format("torch")
+    train = _PixelDataset(tr_px[:opts.vit_train_samples], torch.as_tensor(tr_lab[:opts.vit_train_samples]))
+    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(te_px, torch.as_tensor(te_lab)),
+                                       batch_size=500)
     nc = opts.vit_calibration_samples
     bs = 64
     calib_sel = [{"pixel_values": tr_px[k:k + bs], "labels": torch.as_tensor(tr_lab[k:k + bs])}
@@ -499,7 +514,8 @@ def _vit_data(opts: QualityOptions):
     return train, test, calib_sel, calib_ls
 
 
-def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptions, data) -> dict:
+def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptions, data,
+               deadline: float | None = None) -> dict | None:
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
     from tqdm.auto import tqdm
@@ -527,12 +543,15 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
     keep = _pool_subset(len(eligible), max_configs, opts.subset_seed)
     pool = [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "flops": float(flops_grid[i - 1, j]),
              "bucket": int(bgrid[i - 1, j])} for k, (i, j) in enumerate(eligible) if k in set(keep.tolist())]
+    if deadline is not None:  # finetune in a seeded random order, so a stop leaves a random subset
+        order = np.random.default_rng(opts.subset_seed + 1).permutation(len(pool))
+        pool = [pool[k] for k in order]
+    planned = len(pool)
 
     anchors = []
     for name, anc, fl in ((front_name, front, a_flops[0]), (back_name, back, a_flops[1])):
         model = anc.load_full(dtype=torch.float32).eval()
-        anchors.append({"name": name, "flops": float(fl), "metric": top1_accuracy(model, test, batch_size=500,
-                                                                                    progress=False)})
+        anchors.append({"name": name, "flops": float(fl), "metric": top1_accuracy(model, test, progress=False)})
         del model
 
     t_oracle = time.perf_counter()
@@ -542,13 +561,17 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
     hf_logging.set_verbosity_error()
     with tempfile.TemporaryDirectory(prefix="hf_klas_quality_") as tmp:
         for c in tqdm(pool, desc=f"oracle {front_name}->{back_name}", disable=not opts.progress, unit="config"):
+            if deadline is not None and time.perf_counter() > deadline:
+                logger.info("time budget reached: %s oracle stops after %d of %d configurations", pair,
+                            sum("quality" in x for x in pool), planned)
+                break
             c["quality_per_seed"] = []
             for s_idx, seed in enumerate(seeds):
                 model = StitchedModel.from_anchors(front, back, front_blocks=c["front_blocks"],
                                                    back_start=c["back_start"], calibration=calib_ls,
                                                    ridge=opts.ridge, progress=False)
                 if s_idx == 0:
-                    c["quality_init"] = top1_accuracy(model, test, batch_size=500, progress=False)
+                    c["quality_init"] = top1_accuracy(model, test, progress=False)
                 if opts.vit_steps > 0:
                     args = TrainingArguments(
                         output_dir=tmp, max_steps=opts.vit_steps, per_device_train_batch_size=opts.vit_batch_size,
@@ -562,12 +585,16 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
                     trainer.remove_callback(ProgressCallback)
                     trainer.train()
                     model = trainer.model
-                c["quality_per_seed"].append(top1_accuracy(model, test, batch_size=500, progress=False))
+                c["quality_per_seed"].append(top1_accuracy(model, test, progress=False))
                 del model
             c["quality"] = float(np.mean(c["quality_per_seed"]))
             c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(seeds) > 1 else None
     building_logger.setLevel(level)
     hf_logging.set_verbosity(hf_level)
+    pool = sorted([c for c in pool if "quality" in c], key=lambda c: (c["front_blocks"], c["back_start"]))
+    if len(pool) < 3:
+        logger.info("skipping %s: only %d configurations finetuned within the time budget", pair, len(pool))
+        return None
     oracle_seconds = time.perf_counter() - t_oracle
     logger.info("oracle %s: %d configs x %d seeds in %.1f s", pair, len(pool), len(seeds), oracle_seconds)
 
@@ -587,7 +614,9 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
         "anchors": anchors,
         "oracle": {
             "description": (f"every valid configuration with FLOPs between the anchors"
-                            + (f" (seeded random subset of {len(pool)} of {len(eligible)})"
+                            + (f" (seeded random subset of {len(pool)} of {len(eligible)}"
+                               + (f"; {planned} planned, the time budget stopped the rest" if len(pool) < planned
+                                  else "") + ")"
                                if len(pool) < len(eligible) else f" ({len(pool)} of {m * n} valid)")
                             + f"; least-squares init on {opts.vit_calibration_samples} training images, then "
                             f"{opts.vit_steps} steps of {opts.vit_mode}-mode finetuning (batch "
@@ -599,6 +628,7 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
             "seeds": list(seeds),
             "grid": [m, n],
             "eligible_configs": len(eligible),
+            "planned_configs": planned,
             "configs": pool,
             "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
             "quality_seed_std_max": float(np.max(stds)) if stds else None,
@@ -811,6 +841,8 @@ def _markdown(report: dict) -> str:
              f"selector's top-{report['options']['top_k']} per FLOPs bucket (equal size for all). "
              "`±` on a selector = std over finetuning seeds (ViT default pair) or over random-selector seeds. "
              "Definitions are in the JSON (`definitions`).", ""]
+    for line in report.get("skipped") or []:
+        lines += [f"Skipped: {line}", ""]
     for st in report["studies"]:
         o = st["oracle"]
         higher = st["higher_is_better"]
@@ -935,17 +967,25 @@ def _validate(opts: QualityOptions) -> None:
         raise HfKlasError("random_repeats must be >= 1.", "Use e.g. 20.")
 
 
-def _run_studies(opts: QualityOptions) -> list[dict]:
-    studies = []
-    if "vit" in opts.studies:
-        data = _vit_data(opts)
-        for k, pair in enumerate(opts.vit_pairs):
-            seeds = opts.vit_seeds if k == 0 else opts.vit_other_seeds
-            cap = opts.vit_max_configs if k == 0 else opts.vit_other_max_configs
-            studies.append(_vit_study(pair, list(seeds), cap, opts, data))
+def _run_studies(opts: QualityOptions, t0: float) -> tuple[list[dict], list[str]]:
+    """Order: the default ViT pair, the LM study, then the other ViT pairs, whose oracle stops at the time
+    budget (the configurations finetuned by then are the pool; fewer than 3 -> the study is skipped)."""
+    studies, skipped = [], []
+    data = _vit_data(opts) if "vit" in opts.studies else None
+    if data is not None:
+        studies.append(_vit_study(opts.vit_pairs[0], list(opts.vit_seeds), opts.vit_max_configs, opts, data))
     if "lm" in opts.studies:
         studies.append(_lm_study(opts))
-    return studies
+    if data is not None:
+        deadline = t0 + 60.0 * opts.time_budget_minutes if opts.time_budget_minutes > 0 else None
+        for pair in opts.vit_pairs[1:]:
+            st = _vit_study(pair, list(opts.vit_other_seeds), opts.vit_other_max_configs, opts, data, deadline)
+            if st is None:
+                skipped.append(f"{pair}: skipped, the time budget ({opts.time_budget_minutes} min) left fewer than "
+                               "3 finetuned configurations")
+            else:
+                studies.append(st)
+    return studies, skipped
 
 
 def run_quality(opts: QualityOptions | None = None, *, command: str | None = None, **kwargs) -> dict:
@@ -971,7 +1011,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     if not opts.progress:
         hf_logging.disable_progress_bar()  # transformers' "Loading weights" bars, once per anchor load
     try:
-        studies = _run_studies(opts)
+        studies, skipped = _run_studies(opts, t0)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -987,6 +1027,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "studies": studies,
+        "skipped": skipped,
     }
     report["wall_seconds"] = time.perf_counter() - t0
     json_path = out / f"{opts.name}.json"
