@@ -589,6 +589,10 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
                 del model
             c["quality"] = float(np.mean(c["quality_per_seed"]))
             c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(seeds) > 1 else None
+            done = sum("quality" in x for x in pool)
+            if done % 5 == 0:
+                logger.info("oracle %s: %d/%d configurations (%.0f s)", pair, done, planned,
+                            time.perf_counter() - t_oracle)
     building_logger.setLevel(level)
     hf_logging.set_verbosity(hf_level)
     pool = sorted([c for c in pool if "quality" in c], key=lambda c: (c["front_blocks"], c["back_start"]))
@@ -835,7 +839,8 @@ def _fmt(x, digits=3, std=None):
 def _markdown(report: dict) -> str:
     lines = [f"# Selection quality (hf_klas {report['hf_klas_version']})", "",
              f"Command: `{report['command']}`  ", f"Wall time: {report['wall_seconds'] / 60:.1f} min on "
-             f"{report['machine']['threads']} torch threads ({report['machine']['platform']}).", "",
+             f"{report['machine']['threads']} torch threads ({report['machine']['platform']}); process CPU time "
+             f"{report.get('cpu_seconds', float('nan')) / 60:.1f} min.", "",
              "Correlations are between **−score** (every selector's score is lower-is-better) and quality "
              "oriented higher-is-better (accuracy, or −perplexity): **positive = good**. Candidate sets: every "
              f"selector's top-{report['options']['top_k']} per FLOPs bucket (equal size for all). "
@@ -931,14 +936,37 @@ def _plots(report: dict, out: Path) -> list[str]:
         from matplotlib.figure import Figure
         from matplotlib.image import imread
 
-        fig = Figure(figsize=(7.5 * len(paths), 5))
+        studies = report["studies"]
+        fig = Figure(figsize=(15, 5 * len(paths)))
         FigureCanvasAgg(fig)
-        for k, p in enumerate(paths):
-            ax = fig.add_subplot(1, len(paths), k + 1)
+        for k, (p, st) in enumerate(zip(paths, studies)):
+            ax = fig.add_subplot(len(paths), 2, 2 * k + 1)
             ax.imshow(imread(str(p)))
             ax.axis("off")
+            ax = fig.add_subplot(len(paths), 2, 2 * k + 2)
+            labels = [lab for lab, r in st["selectors"].items() if lab != "oracle" and "error" not in r]
+            keys = [("spearman", "Spearman ρ (all)"), ("spearman_within_bucket", "Spearman ρ (within bucket)"),
+                    ("overlap", f"top-{report['options']['top_k']} overlap with oracle")]
+            width = 0.8 / len(keys)
+            xs = np.arange(len(labels))
+            for n_key, (key, name) in enumerate(keys):
+                vals = [st["selectors"][lab].get(key) for lab in labels]
+                errs = [st["selectors"][lab].get(f"{key}_seed_std", st["selectors"][lab].get(f"{key}_std")) or 0.0
+                        for lab in labels]
+                ax.bar(xs + (n_key - 1) * width, [np.nan if v is None else v for v in vals], width,
+                       yerr=errs if any(errs) else None, capsize=2, label=name)
+            chance = st["selectors"]["oracle"].get("overlap_chance")
+            if chance is not None:
+                ax.axhline(chance, color="C2", ls=":", lw=1, label="overlap by chance")
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+            ax.set_ylim(-1, 1)
+            ax.set_title(f"{st['name']}: rank agreement with the oracle (positive = good)", fontsize=10)
+            ax.legend(fontsize=7, loc="lower left")
+            ax.grid(True, axis="y", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(combined, dpi=120)
+        fig.savefig(combined, dpi=110)
     return [str(p) for p in paths] + [str(combined)]
 
 
@@ -1002,7 +1030,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     _validate(opts)
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
@@ -1030,6 +1058,11 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
         "skipped": skipped,
     }
     report["wall_seconds"] = time.perf_counter() - t0
+    report["cpu_seconds"] = time.process_time() - cpu0
+    try:
+        report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    except OSError:  # pragma: no cover - not on every platform
+        pass
     json_path = out / f"{opts.name}.json"
     report = _json_safe(report)
     md_path = out / f"{opts.name}.md"

@@ -25,6 +25,10 @@ from ..activations import run_prefix
 from ..errors import CalibrationError
 from .base import Probe, ProbeConfig
 
+#: exp() of log-probs below about -87 underflows: torch's CPU exp takes a ~60x slower path there and the
+#: denormal results slow every later op; p < 2e-35 is 0 for any float32 KL term.
+EXP_FLOOR = -80.0
+
 
 @dataclass
 class TunedLensConfig(ProbeConfig):
@@ -124,7 +128,7 @@ class TunedLens(Probe):
         """Mean over tokens and points of ``KL(P_final || P_p)`` on cached ``[num_points, N, hidden]`` features."""
         points = list(range(self.num_points - 1)) if points is None else list(points)
         target = self.log_probs(feats[-1:], [self.num_points - 1])[0]
-        p = target.exp()
+        p = target.clamp_min(EXP_FLOOR).exp()
         kls = []
         for k in points:
             lp = self.log_probs(feats[k:k + 1], [k])[0]
@@ -148,7 +152,7 @@ class TunedLens(Probe):
                 batch = feats[:, idx]
                 with torch.no_grad():
                     target = self.log_probs(batch[-1:], [self.num_points - 1])[0]
-                    p_t = target.exp()
+                    p_t = target.clamp_min(EXP_FLOOR).exp()
                 opt.zero_grad(set_to_none=True)
                 for start in range(0, len(points), group):
                     pts = points[start:start + group]

@@ -58,6 +58,13 @@ class KlasSelector(Selector):
         super().__init__(config, **options)
         self.front_probe, self.back_probe = front_probe, back_probe
 
+    def method_params(self) -> dict:
+        params = super().method_params()
+        for side, probe in (("front_probe", self.front_probe), ("back_probe", self.back_probe)):
+            if probe is not None:  # a pre-built probe decides the result: it must key the plan cache
+                params[side] = {"type": probe.probe_type, "fingerprint": probe.fingerprint}
+        return params
+
     def score(self, ctx: SelectionContext) -> ScoreResult:
         cfg = self.config
         fp, bp = make_probes(ctx, cfg.probe, cfg.probe_options, cfg.seed, self.front_probe, self.back_probe)
