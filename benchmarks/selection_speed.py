@@ -166,6 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="alternating floor/selection repetitions")
     ap.add_argument("--max-chunk-mb", type=int, default=256)
     ap.add_argument("--chunk-tokens", type=int, default=None, help="engine chunk (default: the engine's)")
+    ap.add_argument("--tile-kb", type=int, default=None, help="engine vocabulary tile in KB (default: the engine's)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, idle-waiting OpenMP threads make every "
                          "small op erratic; the ratio is a per-core property)")
@@ -195,6 +196,8 @@ def main(argv=None) -> int:
     tokens = sum(int(b["attention_mask"].sum()) for b in big)
     def make_engine():
         kw = {} if args.chunk_tokens is None else {"chunk_tokens": args.chunk_tokens}
+        if args.tile_kb:
+            kw["tile_bytes"] = args.tile_kb * 1024
         return KLEngine(probe, None, max_chunk_bytes=args.max_chunk_mb * 2**20, progress=False, **kw)
 
     engine = make_engine()

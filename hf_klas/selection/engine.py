@@ -41,7 +41,6 @@ NaN/inf: the chunk's ``[P, P]`` result is checked (free); if it is not finite, t
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -275,7 +274,7 @@ class KLEngine:
             states.append(probe.tile_state(f[:, s:s + cs], pts))
             shapes.append(len(pts))
         blocks = [(0, 0)] if len(sides) == 1 else [(0, 0), (0, 1), (1, 1)]
-        m = [torch.full((cs, p), -math.inf) for p in shapes]
+        m = [torch.full((cs, p), -1e30) for p in shapes]  # finite: exp(m_old - m_new) is 0, never NaN
         tot = [torch.zeros(cs, p) for p in shapes]
         U = {(a, b): torch.zeros(cs, shapes[a], shapes[b]) for a, b in blocks}
         bufs = [self._buffers(k, cs * p * wt) for k, p in enumerate(shapes)]
@@ -290,7 +289,7 @@ class KLEngine:
             for k in range(len(sides)):
                 z, e = zs[k], bufs[k][1][: cs * shapes[k] * w].view(cs, shapes[k], w)
                 mn = torch.maximum(m[k], z.amax(-1))
-                scale = torch.exp(m[k] - mn).nan_to_num_(nan=0.0)  # -inf - -inf: nothing accumulated yet
+                scale = torch.exp(m[k] - mn)
                 # exp() below about -87 underflows, and torch's CPU exp takes a ~60x slower path there:
                 # clamp at -80 (p < 2e-35 becomes 2e-35; the mass that adds, V * 2e-35, is far below float32
                 # resolution of any KL term) -- this alone halves the cost of the extra passes on peaked LLM
