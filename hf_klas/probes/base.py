@@ -205,6 +205,13 @@ class Probe(nn.Module):
         is ever materialised (online softmax, see :mod:`hf_klas.selection.engine`)."""
         out.copy_(state[..., start:stop])
 
+    def tile_operands(self, state):
+        """``(x [N*P, hidden], head weight [V, hidden], bias | None, softcap | None)`` when the tile logits are
+        ``softcap(x @ W[start:stop]ᵀ + b)`` (the lenses), so the engine can run that matmul itself; else None."""
+        if isinstance(state, tuple) and state and state[0] == "rows":
+            return state[1], self.head.weight, self.head.bias, self.softcap
+        return None
+
     def _norm_head_state(self, h: torch.Tensor):
         """Token-major normed features ``[N*P, hidden]`` for the head's tiles (float32 heads), else full logits."""
         w = self.head.weight

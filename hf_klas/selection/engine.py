@@ -140,6 +140,53 @@ class _FusedAllPairs:
         return -torch.diagonal(self.cross()) / self.count
 
 
+class _TileSide:
+    """One anchor's running state in :meth:`KLEngine._fused_chunk` (preallocated, updated in place)."""
+
+    def __init__(self, probe: Probe, state, cs: int, P: int, bufs):
+        self.probe, self.state, self.cs, self.P = probe, state, cs, P
+        self.ops = probe.tile_operands(state)  # (x, weight, bias, softcap) for plain heads, else None
+        self.zbuf, self.ebuf = bufs
+        self.views: dict = {}
+        self.m = torch.full((cs, P), -1e30)  # finite: exp(m_old - m_new) is 0 at the start, never NaN
+        self.mn = torch.empty(cs, P)
+        self.tmp = torch.empty(cs, P)
+        self.sc = torch.empty(cs, P)
+        self.scale_u = self.sc.unsqueeze(-1)
+        self.tot = torch.zeros(cs, P)
+
+    def _views(self, w: int):
+        if w not in self.views:
+            n = self.cs * self.P * w
+            z = self.zbuf[:n].view(self.cs, self.P, w)
+            e = self.ebuf[:n].view(self.cs, self.P, w)
+            self.views[w] = (z, z.view(-1, w), e, z.transpose(1, 2))
+        return self.views[w]
+
+    def tile(self, v0: int, v1: int) -> None:
+        z, z2, e, zt = self._views(v1 - v0)
+        if self.ops is not None:
+            x, weight, bias, cap = self.ops
+            torch.mm(x, weight[v0:v1].t(), out=z2)
+            if bias is not None:
+                z2.add_(bias[v0:v1])
+            if cap:
+                z2.div_(cap).tanh_().mul_(cap)
+        else:
+            self.probe.logits_tile(self.state, v0, v1, z)
+        torch.amax(z, -1, out=self.tmp)
+        torch.maximum(self.m, self.tmp, out=self.mn)
+        torch.sub(self.m, self.mn, out=self.sc).exp_()
+        # exp() below about -87 underflows, and torch's CPU exp takes a ~60x slower path there (and the
+        # denormal results make the next matmul ~100x slower): clamp at -80 (p < 2e-35 becomes 2e-35; that
+        # mass, V * 2e-35, is far below the float32 resolution of any KL term).
+        torch.sub(z, self.mn.unsqueeze(-1), out=e).clamp_min_(EXP_FLOOR).exp_()
+        torch.sum(e, -1, out=self.tmp)
+        self.tot.mul_(self.sc).add_(self.tmp)
+        self.m, self.mn = self.mn, self.m
+        self.e, self.zt = e, zt
+
+
 def _anchor_name(probe: Probe, fallback: str) -> str:
     model = probe.anchor_model
     return str(getattr(model, "name_or_path", None) or fallback)
@@ -266,46 +313,23 @@ class KLEngine:
         Per side ``a`` and tile: logits ``z_a`` (the head's tile matmul), running max ``m_a`` and sum
         ``s_a = Σ exp(z_a - m_a)``, and for every block (a, b) ``U_ab += exp(z_a - m_a) @ z_bᵀ`` (rescaled when
         ``m_a`` grows). At the end ``Σ_v p_a z_b = U_ab / s_a`` and ``lse_a = m_a + log s_a``. The tiles stay in
-        cache; no ``[tokens, points, vocab]`` tensor exists."""
+        cache; no ``[tokens, points, vocab]`` tensor exists. The loop body is a dozen preallocated, in-place
+        torch calls per tile (the per-tile Python cost is a few % of the tile's matmul)."""
         V = self.classes
         wt = self._tile_width(cs)
-        states, shapes = [], []
-        for k, (probe, pts, f) in enumerate(sides):
-            states.append(probe.tile_state(f[:, s:s + cs], pts))
-            shapes.append(len(pts))
-        blocks = [(0, 0)] if len(sides) == 1 else [(0, 0), (0, 1), (1, 1)]
-        m = [torch.full((cs, p), -1e30) for p in shapes]  # finite: exp(m_old - m_new) is 0, never NaN
-        tot = [torch.zeros(cs, p) for p in shapes]
-        U = {(a, b): torch.zeros(cs, shapes[a], shapes[b]) for a, b in blocks}
-        bufs = [self._buffers(k, cs * p * wt) for k, p in enumerate(shapes)]
+        sd = [_TileSide(probe, probe.tile_state(f[:, s:s + cs], pts), cs, len(pts), self._buffers(k, cs * len(pts) * wt))
+              for k, (probe, pts, f) in enumerate(sides)]
+        blocks = [(0, 0)] if len(sd) == 1 else [(0, 0), (0, 1), (1, 1)]
+        U = {(a, b): torch.zeros(cs, sd[a].P, sd[b].P) for a, b in blocks}
         for v0 in range(0, V, wt):
             v1 = min(V, v0 + wt)
-            w = v1 - v0
-            zs, es = [], []
-            for k, (probe, pts, _) in enumerate(sides):
-                z = bufs[k][0][: cs * shapes[k] * w].view(cs, shapes[k], w)
-                probe.logits_tile(states[k], v0, v1, z)
-                zs.append(z)
-            for k in range(len(sides)):
-                z, e = zs[k], bufs[k][1][: cs * shapes[k] * w].view(cs, shapes[k], w)
-                mn = torch.maximum(m[k], z.amax(-1))
-                scale = torch.exp(m[k] - mn)
-                # exp() below about -87 underflows, and torch's CPU exp takes a ~60x slower path there:
-                # clamp at -80 (p < 2e-35 becomes 2e-35; the mass that adds, V * 2e-35, is far below float32
-                # resolution of any KL term) -- this alone halves the cost of the extra passes on peaked LLM
-                # distributions.
-                torch.sub(z, mn.unsqueeze(-1), out=e).clamp_min_(EXP_FLOOR).exp_()
-                tot[k].mul_(scale).add_(e.sum(-1))
-                for a, b in blocks:
-                    if a == k:
-                        U[(a, b)].mul_(scale.unsqueeze(-1))
-                m[k] = mn
-                es.append(e)
+            for side in sd:
+                side.tile(v0, v1)
             for a, b in blocks:
-                U[(a, b)].baddbmm_(es[a], zs[b].transpose(1, 2))
-        pz = {(a, b): U[(a, b)] / tot[a].unsqueeze(-1) for a, b in blocks}
-        lse = [m[k] + tot[k].log() for k in range(len(sides))]
-        return pz, lse, states
+                U[(a, b)].mul_(sd[a].scale_u).baddbmm_(sd[a].e, sd[b].zt)
+        pz = {(a, b): U[(a, b)] / sd[a].tot.unsqueeze(-1) for a, b in blocks}
+        lse = [side.m + side.tot.log() for side in sd]
+        return pz, lse, [side.state for side in sd]
 
     @torch.no_grad()
     def feed(self, batch: dict) -> None:
