@@ -163,7 +163,7 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
 def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     from .building import StitchedModel
     from .data.debian_descriptions import load_debian_descriptions
-    from .evaluation import generate_texts, load_rouge, perplexity
+    from .evaluation import first_lines, generate_texts, load_rouge, perplexity
     from .flops import anchor_flops
     from .loading import resolve_anchor
     from .selection.api import select_for_budget
@@ -180,7 +180,7 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     def evaluate(model, label):
         model.eval()
         preds = generate_texts(model, tok, list(test["prompt"]), max_new_tokens=24, batch_size=8)
-        preds = [p.strip().split("\n")[0] for p in preds]
+        preds = first_lines(preds)
         scores = rouge.compute(predictions=preds, references=list(test["target"]))
         ppl = perplexity(model, tok, texts, max_length=256, batch_size=8)
         return {"model": label, "perplexity": ppl, **{k: float(v) for k, v in scores.items()},

@@ -205,6 +205,19 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         return build_masks(part.config, layer_types, embeds, attention_mask, past_key_values, position_ids,
                            cache_position)
 
+    def _logits_and_loss(self, hidden, labels=None, num_items_in_batch=None):
+        """Head on final-normed hidden states, the family's final logit soft-cap (Gemma) and the shifted LM loss;
+        the SN-Net supernet calls this too, so a supernet configuration and its extracted model agree."""
+        logits = self.lm_head(hidden)
+        cap = final_logit_softcap(self.config.back_config)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
+                                      num_items_in_batch=num_items_in_batch)
+        return logits, loss
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -258,15 +271,7 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
             all_hidden[-1] = hidden  # transformers convention: the last entry is after the final norm
 
         slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden[:, slice_indices, :])
-        cap = final_logit_softcap(self.config.back_config)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size,
-                                      num_items_in_batch=num_items_in_batch)
+        logits, loss = self._logits_and_loss(hidden[:, slice_indices, :], labels, num_items_in_batch)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -11,11 +11,12 @@ For each anchor pair (a *study*):
    sets the data order only), the LS-init accuracy (no finetune) is recorded too; the pool is every valid
    configuration whose FLOPs lie between the two anchors (or a stated random subset, ``*_max_configs``).
    SmolLM2 self-stitching (depth pruning): configurations skipping ``lm_min_skip..lm_max_skip`` blocks
-   (``j - i`` in that range), quality = perplexity on Debian package descriptions (test split) of the
-   **least-squares-initialised stitch without finetuning** (training-free oracle: finetuning 150+
-   configurations of a 135M model does not fit the CPU budget). Perplexity is computed by a fast path that runs
+   (``j - i`` in that range), two qualities of the **least-squares-initialised stitch without finetuning**
+   (training-free oracle: finetuning 150+ configurations of a 135M model does not fit the CPU budget), each its
+   own study with the same pool and selector scores: perplexity on Debian package descriptions (test split), and
+   ROUGE-L of the greedy one-line synopsis generated for Debian test packages. Perplexity is computed by a fast path that runs
    the anchor once, caches every block's output and runs only back blocks ``j..n-1`` per configuration; it is
-   the same network as ``StitchedModel.from_anchors`` (checked in tests/test_quality.py).
+   the same network as ``StitchedModel.from_anchors`` (checked in tests/test_quality.py, generation too).
 2. **Selectors.** Every selector (``compute_plan``; KLAS with the logit lens, tuned lens and, for ViTs, ProbeNet;
    SN-Net, CKA, MSE, CE, random; for self-stitching also block influence and least-squares replacement) scores
    the whole grid on the same calibration data; only the pool's entries are used.
@@ -34,6 +35,7 @@ For each anchor pair (a *study*):
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -54,7 +56,7 @@ from .version import __version__
 logger = logging.getLogger(__name__)
 
 __all__ = ["QualityOptions", "run_quality", "spearman", "kendall_tau_b", "rankdata", "analyze_selector",
-           "DEFINITIONS", "VIT_SELECTORS", "LM_SELECTORS", "lm_self_stitch_perplexities"]
+           "DEFINITIONS", "VIT_SELECTORS", "LM_SELECTORS", "lm_self_stitch_oracle", "lm_self_stitch_perplexities"]
 
 VIT_SELECTORS = ["klas", "klas:tuned_lens", "klas:probenet", "snnet", "cka", "mse", "ce", "random"]
 LM_SELECTORS = ["klas", "klas:tuned_lens", "snnet", "cka", "mse", "ce", "random", "block_influence",
@@ -84,7 +86,9 @@ DEFINITIONS = {
               "perplexity for LMs).",
     "auc": "hf_klas.evaluation.pareto.front_auc of the anchors + the selector's candidate set with their "
            "(finetuned) quality; FLOPs range = the buckets' range. Accuracy: higher is better; perplexity: "
-           "lower is better. 'oracle' = the oracle's own top-K per bucket (upper bound for K picks).",
+           "lower is better. 'oracle' = the oracle's own top-K per bucket (upper bound for K picks). "
+           "auc_stitches: the same without the anchors -- needed when the cheaper anchor beats every stitch "
+           "(then the anchors' front is the same for every selector and 'auc' cannot tell them apart).",
     "random": "The random selector is run with random_repeats seeds; its row is the mean, with the std over "
               "seeds in *_std.",
 }
@@ -109,23 +113,24 @@ class QualityOptions:
     vit_pairs: list[str] = field(default_factory=_vit_pairs_default, metadata={
         "help": "ViT anchor pairs 'front:back' (aliases or directories). The first is the default pair (all "
                 "seeds, vit_max_configs); the others use vit_other_seeds / vit_other_max_configs."})
-    vit_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={
+    vit_seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
         "help": "Finetune seeds of the first ViT pair (the seed sets the data order)."})
-    vit_other_seeds: list[int] = field(default_factory=lambda: [0], metadata={
+    vit_other_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={
         "help": "Finetune seeds of the other ViT pairs."})
     vit_max_configs: int = field(default=0, metadata={
         "help": "First ViT pair: at most this many pool configurations (seeded random subset); 0 = all."})
-    vit_other_max_configs: int = field(default=16, metadata={
+    vit_other_max_configs: int = field(default=0, metadata={
         "help": "Other ViT pairs: at most this many pool configurations (seeded random subset); 0 = all. They "
                 "run last and stop at time_budget_minutes."})
     vit_mode: str = field(default="stitch", metadata={
         "help": "Finetuning mode of every ViT stitch (build_trainer): stitch, lora or full."})
-    vit_steps: int = field(default=24, metadata={"help": "Finetuning steps per configuration and seed."})
+    vit_steps: int = field(default=64, metadata={
+        "help": "Finetuning steps per configuration and seed (64 x batch 64 = two passes over 2048 images)."})
     vit_batch_size: int = field(default=64, metadata={"help": "Finetuning batch size."})
     vit_lr: float = field(default=3e-3, metadata={"help": "Finetuning learning rate (AdamW, linear decay)."})
     vit_train_samples: int = field(default=2048, metadata={
         "help": "Fixed training subset: the first N Fashion-MNIST training images."})
-    vit_test_samples: int = field(default=1000, metadata={
+    vit_test_samples: int = field(default=2000, metadata={
         "help": "Fixed evaluation subset: the first N Fashion-MNIST test images."})
     vit_calibration_samples: int = field(default=512, metadata={
         "help": "Calibration images (first N training images, with labels for ProbeNet) for the selectors and "
@@ -136,7 +141,7 @@ class QualityOptions:
     lm_anchor: str = field(default="smollm2-135m", metadata={"help": "Causal LM stitched to itself."})
     lm_min_skip: int = field(default=1, metadata={"help": "Pool: configurations skipping at least this many blocks."})
     lm_max_skip: int = field(default=6, metadata={"help": "Pool: ... and at most this many (j - i)."})
-    lm_max_configs: int = field(default=48, metadata={
+    lm_max_configs: int = field(default=0, metadata={
         "help": "At most this many pool configurations (seeded random subset); 0 = all."})
     lm_eval_texts: int = field(default=16, metadata={
         "help": "Debian descriptions (test split, seeded shuffle) for the perplexity oracle."})
@@ -145,6 +150,11 @@ class QualityOptions:
     lm_selector_texts: int = field(default=16, metadata={
         "help": "Calibration texts for the selectors (the first N of the LS calibration texts)."})
     lm_max_length: int = field(default=128, metadata={"help": "Tokens per text (truncation)."})
+    lm_rouge_texts: int = field(default=24, metadata={
+        "help": "Debian test packages (same seeded shuffle) whose synopsis every configuration generates for the "
+                "ROUGE-L oracle; 0 = perplexity only."})
+    lm_max_new_tokens: int = field(default=16, metadata={
+        "help": "Greedy new tokens per generated synopsis (only its first line is scored)."})
     lm_selectors: list[str] = field(default_factory=lambda: list(LM_SELECTORS), metadata={
         "help": "Selectors for self-stitching: method or method:probe."})
     # ---- shared ---------------------------------------------------------------------------------------------
@@ -154,20 +164,27 @@ class QualityOptions:
     random_repeats: int = field(default=20, metadata={"help": "Seeds of the random selector (mean and std)."})
     subset_seed: int = field(default=0, metadata={"help": "Seed of random pool subsets and of tie-breaking."})
     ridge: float = field(default=1e-4, metadata={"help": "Relative ridge of the least-squares stitch init."})
-    time_budget_minutes: float = field(default=55.0, metadata={
+    time_budget_minutes: float = field(default=45.0, metadata={
         "help": "Wall-clock budget: the non-default ViT pairs (run last) stop finetuning when it is spent; "
                 "0 = no limit. The default pair and the LM study always run in full."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads (0: leave as is)."})
     use_cache: bool = field(default=False, metadata={
         "help": "Reuse cached selection plans (timings then measure the cache, not the selector)."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+    from_json: str | None = field(default=None, metadata={
+        "help": "Re-analyse a previous run: recompute every metric, table and plot from that run's JSON (its oracle "
+                "qualities and selector scores) without running any model (the data-free random selector is "
+                "re-run if its scores are missing). top_k, random_repeats, out_dir and name come from this call, "
+                "everything else from the original run."})
 
 
 def _quick(opts: QualityOptions) -> QualityOptions:
     return replace(
-        opts, vit_pairs=opts.vit_pairs[:1], vit_max_configs=min(opts.vit_max_configs or 5, 5), vit_steps=2,
+        opts, vit_pairs=opts.vit_pairs[:1], vit_seeds=opts.vit_seeds[:2], vit_max_configs=min(opts.vit_max_configs or 5, 5),
+        vit_steps=2,
         vit_batch_size=16, vit_train_samples=64, vit_test_samples=64, vit_calibration_samples=32,
         lm_max_configs=min(opts.lm_max_configs or 5, 5), lm_eval_texts=2, lm_calibration_texts=4,
+        lm_rouge_texts=min(opts.lm_rouge_texts, 2), lm_max_new_tokens=4,
         lm_selector_texts=2, lm_max_length=32, tuned_lens_steps=2, random_repeats=3, num_buckets=3)
 
 
@@ -317,20 +334,23 @@ def analyze_selector(score, quality_per_seed, flops, buckets, *, higher_is_bette
     out["overlap"], out["overlap_chance"], reg, out["buckets_nontrivial"] = _pick_metrics(picks, oracle, q, buckets, k)
     out["regret"] = reg  # oriented units: accuracy fraction, or perplexity (lower-is-better metric, sign flipped)
     out["auc"], _ = _auc(anchor_points, pool, picks, metric, flops_min, flops_max, higher_is_better)
+    out["auc_stitches"], _ = _auc([], pool, picks, metric, flops_min, flops_max, higher_is_better)
     out["candidates"] = [{"front_blocks": pool[i]["front_blocks"], "back_start": pool[i]["back_start"],
                           "bucket": int(b), "flops": float(flops[i]), "score": _num(score[i]),
                           "quality": float(metric[i])}
                          for b, sel in picks.items() for i in sel]
     if len(qs) > 1:
-        per = {"spearman": [], "kendall": [], "spearman_within_bucket": [], "overlap": [], "regret": [], "auc": []}
+        per = {"spearman": [], "kendall": [], "spearman_within_bucket": [], "overlap": [], "regret": [], "auc": [],
+               "auc_stitches": []}
         for s in range(len(qs)):
             qq = sign * qs[s]
             rho, tau = _corr_pair(neg, qq)
             rw, _, _ = _within_bucket(neg, qq, buckets)
             ov, _, rg, _ = _pick_metrics(picks, _oracle_picks(qq, flops, buckets, k, tie_rank), qq, buckets, k)
             auc, _ = _auc(anchor_points, pool, picks, qs[s], flops_min, flops_max, higher_is_better)
+            auc_s, _ = _auc([], pool, picks, qs[s], flops_min, flops_max, higher_is_better)
             for key, v in (("spearman", rho), ("kendall", tau), ("spearman_within_bucket", rw), ("overlap", ov),
-                           ("regret", rg), ("auc", auc)):
+                           ("regret", rg), ("auc", auc), ("auc_stitches", auc_s)):
                 per[key].append(v)
         out["per_seed"] = per
         for key, vals in per.items():
@@ -399,8 +419,9 @@ def _run_selectors(specs, front, back, calibration, opts: QualityOptions, pool, 
                 out[label] = {"method": method, "options": sel_opts, "error": str(err)}
                 break
             secs += time.perf_counter() - t0
-            logger.info("selector %s (seed %d): %.1f s%s", label, seed, time.perf_counter() - t0,
-                        " (cached)" if info.get("cached") else "")
+            (logger.debug if seed else logger.info)("selector %s (seed %d): %.1f s%s", label, seed,
+                                                     time.perf_counter() - t0,
+                                                     " (cached)" if info.get("cached") else "")
             if not np.allclose(plan.flops.numpy(), flops_grid, rtol=1e-9):
                 raise HfKlasError(f"Selector {label} counted FLOPs differently from the study.",
                                   "Report this: every plan must use hf_klas.flops.")
@@ -454,7 +475,8 @@ def _analyze_study(study: dict, selectors: dict, opts: QualityOptions) -> dict:
     orc = analyze_selector(-sign * qps.mean(0), qps, flops, buckets, **common)
     results["oracle"] = {"method": "oracle", "seconds": None, **{k: orc[k] for k in
                                                                   ("overlap", "overlap_chance", "regret", "auc",
-                                                                   "candidates", "buckets_nontrivial")}}
+                                                                   "auc_stitches", "candidates",
+                                                                   "buckets_nontrivial")}}
     for label, entry in selectors.items():
         if "error" in entry:
             results[label] = entry
@@ -463,12 +485,14 @@ def _analyze_study(study: dict, selectors: dict, opts: QualityOptions) -> dict:
             runs = [analyze_selector(s, qps, flops, buckets, **common) for s in entry["scores"]]
             agg = {"method": entry["method"], "seconds": entry["seconds"], "repeats": len(runs)}
             for key in ("spearman", "kendall", "spearman_within_bucket", "kendall_within_bucket", "spearman_init",
-                        "kendall_init", "overlap", "overlap_chance", "regret", "auc", "buckets_nontrivial"):
+                        "kendall_init", "overlap", "overlap_chance", "regret", "auc", "auc_stitches",
+                        "buckets_nontrivial"):
                 vals = [r.get(key) for r in runs if r.get(key) is not None]
                 agg[key] = float(np.mean(vals)) if vals else None
                 agg[f"{key}_std"] = float(np.std(vals)) if len(vals) > 1 else None
             agg["candidates"] = runs[0]["candidates"]
             agg["candidates_note"] = "candidates of the first random seed"
+            agg["scores"] = [[_num(x) for x in sc] for sc in entry["scores"]]
             results[label] = agg
         else:
             res = analyze_selector(entry["score"], qps, flops, buckets, **common)
@@ -566,12 +590,13 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
                             sum("quality" in x for x in pool), planned)
                 break
             c["quality_per_seed"] = []
-            for s_idx, seed in enumerate(seeds):
-                model = StitchedModel.from_anchors(front, back, front_blocks=c["front_blocks"],
-                                                   back_start=c["back_start"], calibration=calib_ls,
-                                                   ridge=opts.ridge, progress=False)
-                if s_idx == 0:
-                    c["quality_init"] = top1_accuracy(model, test, progress=False)
+            # the LS init is deterministic: build it once, finetune a copy per seed
+            init = StitchedModel.from_anchors(front, back, front_blocks=c["front_blocks"],
+                                              back_start=c["back_start"], calibration=calib_ls, ridge=opts.ridge,
+                                              progress=False)
+            c["quality_init"] = top1_accuracy(init, test, progress=False)
+            for seed in seeds:
+                model = copy.deepcopy(init)
                 if opts.vit_steps > 0:
                     args = TrainingArguments(
                         output_dir=tmp, max_steps=opts.vit_steps, per_device_train_batch_size=opts.vit_batch_size,
@@ -587,6 +612,7 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
                     model = trainer.model
                 c["quality_per_seed"].append(top1_accuracy(model, test, progress=False))
                 del model
+            del init
             c["quality"] = float(np.mean(c["quality_per_seed"]))
             c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(seeds) > 1 else None
             done = sum("quality" in x for x in pool)
@@ -647,11 +673,16 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
 # ------------------------------------------------------------------------------------------------------------
 # LM self-stitching study
 # ------------------------------------------------------------------------------------------------------------
-def _debian_texts(split: str, count: int, seed: int) -> list[str]:
+def _debian_examples(split: str, count: int, seed: int):
+    """The first ``count`` Debian descriptions of ``split`` after a seeded shuffle (a ``datasets.Dataset``)."""
     from .data.debian_descriptions import load_debian_descriptions
 
     ds = load_debian_descriptions(split)
-    ds = ds.shuffle(seed=seed).select(range(min(count, len(ds))))
+    return ds.shuffle(seed=seed).select(range(min(count, len(ds))))
+
+
+def _debian_texts(split: str, count: int, seed: int) -> list[str]:
+    ds = _debian_examples(split, count, seed)
     return [p + " " + t for p, t in zip(ds["prompt"], ds["target"])]
 
 
@@ -669,17 +700,23 @@ def _swap_blocks(model, blocks):
 
 
 @torch.no_grad()
-def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, ridge: float = 1e-4,
-                                progress: bool = True) -> dict:
-    """Perplexity of every self-stitch configuration ``(i, j)`` of ``model`` with a least-squares stitch.
+def lm_self_stitch_oracle(model, configs, calib_batches, eval_batches, ridge: float = 1e-4, progress: bool = True,
+                          *, tokenizer=None, prompts=None, max_new_tokens: int = 24,
+                          batch_size: int = 16) -> dict:
+    """Perplexity (and greedy generations) of every self-stitch configuration ``(i, j)`` with a least-squares stitch.
 
     Same network as ``StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j,
     calibration=calib_batches)``: the stitch ``T`` is fitted by :class:`~hf_klas.stitch_init.LeastSquaresAccumulator`
     from the output of block ``i-1`` to the input of block ``j`` on ``calib_batches``; then blocks ``j..n-1``,
     the final norm and the head run on ``T(h_i)``. Fast path: the anchor runs once per batch set and every
-    block's output is cached, so a configuration costs only its back blocks. Perplexity as
+    block's output is cached, so a configuration's perplexity costs only its back blocks. Perplexity as
     :func:`hf_klas.evaluation.perplexity` (token-weighted next-token NLL, padding excluded).
-    Returns ``{(i, j): perplexity}``.
+
+    With ``prompts`` (and ``tokenizer``), each configuration also continues every prompt greedily
+    (:func:`hf_klas.evaluation.generate_texts`) through the anchor's own ``generate``: its block list is swapped
+    for ``blocks[:i] + blocks[j:]`` with ``T`` applied by a pre-hook on block ``j`` (blocks keep their layer
+    index, so the KV cache simply leaves the skipped layers empty). Checked against the built stitched model in
+    tests/test_quality.py. Returns ``{(i, j): {"perplexity": float, "generations": list[str] | None}}``.
     """
     import torch.nn.functional as F
     from tqdm.auto import tqdm
@@ -688,6 +725,8 @@ def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, rid
     from .anatomy import find_blocks
     from .stitch_init import LeastSquaresAccumulator
 
+    if prompts is not None and tokenizer is None:
+        raise HfKlasError("lm_self_stitch_oracle got prompts but no tokenizer.", "Pass tokenizer= as well.")
     was_training = model.training
     model.eval()
     d = int(model.config.hidden_size)
@@ -699,7 +738,8 @@ def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, rid
     by_i: dict[int, list[int]] = {}
     for i, j in configs:
         by_i.setdefault(int(i), []).append(int(j))
-    bar = tqdm(total=len(configs), desc="oracle: LS stitch perplexity", disable=not progress, unit="config")
+    desc = "oracle: LS stitch perplexity" + (" + generation" if prompts is not None else "")
+    bar = tqdm(total=len(configs), desc=desc, disable=not progress, unit="config")
     try:
         for i, js in sorted(by_i.items()):
             xa, keep = [], []
@@ -734,7 +774,11 @@ def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, rid
                         tokens += int((labels != -100).sum())
                 finally:
                     setattr(parent, attr, old)
-                out[(i, j)] = math.exp(nll / tokens)
+                gens = None
+                if prompts is not None:
+                    gens = _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts,
+                                                   max_new_tokens, batch_size)
+                out[(i, j)] = {"perplexity": math.exp(nll / tokens), "generations": gens}
                 bar.update(1)
     finally:
         bar.close()
@@ -742,9 +786,40 @@ def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, rid
     return out
 
 
-def _lm_study(opts: QualityOptions) -> dict:
+def _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts, max_new_tokens,
+                            batch_size) -> list[str]:
+    """Greedy continuations of ``prompts`` by ``blocks[:i] -> T -> blocks[j:]`` (see lm_self_stitch_oracle)."""
+    from .evaluation import generate_texts
+
+    def stitch(_module, args, kwargs):
+        if args:
+            return (args[0] @ weight.T + bias, *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"] @ weight.T + bias
+        return args, kwargs
+
+    parent, attr, old = _swap_blocks(model, blocks[:i] + blocks[j:])
+    handle = blocks[j].register_forward_pre_hook(stitch, with_kwargs=True)
+    try:
+        return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=False)
+    finally:
+        handle.remove()
+        setattr(parent, attr, old)
+
+
+def lm_self_stitch_perplexities(model, configs, calib_batches, eval_batches, ridge: float = 1e-4,
+                                progress: bool = True) -> dict:
+    """``{(i, j): perplexity}`` of every self-stitch configuration (:func:`lm_self_stitch_oracle` without
+    generation)."""
+    res = lm_self_stitch_oracle(model, configs, calib_batches, eval_batches, ridge=ridge, progress=progress)
+    return {k: v["perplexity"] for k, v in res.items()}
+
+
+def _lm_study(opts: QualityOptions) -> list[dict]:
+    """SmolLM2 self-stitching: one oracle pass (perplexity, and ROUGE-L of greedy synopses unless
+    ``lm_rouge_texts=0``), one selector pass; returns one study per quality metric (same pool, same scores)."""
     from .calibration import calibration_batches
-    from .evaluation import perplexity
+    from .evaluation import first_lines, generate_texts, load_rouge, perplexity
     from .loading import resolve_anchor
     from .selection.scoring import assign_buckets, bucket_edges
     from .selection.selectors.base import DEFAULT_SEQ_LEN, grids, valid_mask
@@ -756,6 +831,7 @@ def _lm_study(opts: QualityOptions) -> dict:
         raise HfKlasError(f"The LM anchor {opts.lm_anchor} has no tokenizer.", "Save the tokenizer with it.")
     cal_texts = _debian_texts("train", opts.lm_calibration_texts, opts.subset_seed)
     eval_texts = _debian_texts("test", opts.lm_eval_texts, opts.subset_seed)
+    rouge_ds = _debian_examples("test", opts.lm_rouge_texts, opts.subset_seed) if opts.lm_rouge_texts else None
     flops_grid, _, a_flops = grids(anchor.config, anchor.config, DEFAULT_SEQ_LEN)
     flops_grid = flops_grid.numpy()
     m = n = int(anchor.config.num_hidden_layers)
@@ -774,8 +850,22 @@ def _lm_study(opts: QualityOptions) -> dict:
     cal_b = calibration_batches(cal_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
     ev_b = calibration_batches(eval_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
     anchor_ppl = perplexity(model, tok, eval_texts, max_length=opts.lm_max_length, batch_size=8, progress=False)
+    rouge = load_rouge()
+    prompts = refs = None
+    anchor_rouge = None
+
+    def rouge_scores(preds):  # mean per-example F-measure (no bootstrap: cheap and deterministic)
+        sc = rouge.compute(predictions=first_lines(preds), references=refs, use_aggregator=False)
+        return {k: float(np.mean(v)) for k, v in sc.items()}
+
+    if rouge_ds is not None:
+        prompts, refs = list(rouge_ds["prompt"]), list(rouge_ds["target"])
+        anchor_gens = generate_texts(model, tok, prompts, max_new_tokens=opts.lm_max_new_tokens, batch_size=16,
+                                     progress=False)
+        anchor_rouge = rouge_scores(anchor_gens)
     t_oracle = time.perf_counter()
-    ppl = lm_self_stitch_perplexities(model, chosen, cal_b, ev_b, ridge=opts.ridge, progress=opts.progress)
+    res = lm_self_stitch_oracle(model, chosen, cal_b, ev_b, ridge=opts.ridge, progress=opts.progress,
+                                tokenizer=tok, prompts=prompts, max_new_tokens=opts.lm_max_new_tokens)
     oracle_seconds = time.perf_counter() - t_oracle
     logger.info("oracle %s self-stitch: %d configs in %.1f s", opts.lm_anchor, len(chosen), oracle_seconds)
     del model
@@ -783,45 +873,59 @@ def _lm_study(opts: QualityOptions) -> dict:
     for i, j in chosen:
         f = float(flops_grid[i - 1, j])
         b = int(assign_buckets(torch.tensor([f], dtype=torch.float64), edges)[0])
-        pool.append({"name": f"({i},{j})", "front_blocks": i, "back_start": j, "skip": j - i, "flops": f,
-                     "bucket": b, "quality_per_seed": [ppl[(i, j)]], "quality": ppl[(i, j)], "quality_std": None})
+        r = res[(i, j)]
+        c = {"name": f"({i},{j})", "front_blocks": i, "back_start": j, "skip": j - i, "flops": f, "bucket": b,
+             "perplexity": r["perplexity"], "quality_std": None}
+        if r["generations"] is not None:
+            c["rouge"] = rouge_scores(r["generations"])
+            c["generation_examples"] = r["generations"][:2]
+        pool.append(c)
     t_sel = time.perf_counter()
     compute_kw = dict(max_samples=opts.lm_selector_texts, max_length=opts.lm_max_length, batch_size=8)
     selectors = _run_selectors(opts.lm_selectors, anchor, None, cal_texts, opts, pool, compute_kw=compute_kw,
                                flops_grid=flops_grid)
     ntok = lambda bs: int(sum(int(b["attention_mask"].sum()) for b in bs))  # noqa: E731
-    study = {
-        "name": f"{Path(opts.lm_anchor).name} self-stitch",
+    pool_text = (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks (j - i)"
+                 + (f", seeded random subset of {len(pool)} of {len(eligible)}"
+                    if len(pool) < len(eligible) else f", all {len(pool)}")
+                 + f"; NOT finetuned: the least-squares-initialised stitch (fit on {len(cal_texts)} Debian "
+                 f"descriptions, train split, {ntok(cal_b)} tokens)")
+    base = {
         "kind": "lm_self_stitch",
         "front": opts.lm_anchor, "back": opts.lm_anchor,
-        "metric": "perplexity", "higher_is_better": False,
         "flops_unit": f"per sequence of {DEFAULT_SEQ_LEN} tokens",
         "flops_range": [lo, hi],
         "bucket_edges": edges,
-        "anchors": [{"name": Path(opts.lm_anchor).name, "flops": float(a_flops[1]), "metric": anchor_ppl}],
-        "oracle": {
-            "description": (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks (j - i)"
-                            + (f", seeded random subset of {len(pool)} of {len(eligible)}"
-                               if len(pool) < len(eligible) else f", all {len(pool)}")
-                            + f"; NOT finetuned: perplexity of the least-squares-initialised stitch (fit on "
-                            f"{len(cal_texts)} Debian descriptions, train split, {ntok(cal_b)} tokens) on "
-                            f"{len(eval_texts)} Debian descriptions (test split, prompt + synopsis, <= "
-                            f"{opts.lm_max_length} tokens, {ntok(ev_b)} tokens). Training-free oracle: "
-                            "finetuning every configuration does not fit the CPU budget."),
-            "finetuned": False,
-            "seeds": [None],
-            "grid": [m, n],
-            "eligible_configs": len(eligible),
-            "configs": pool,
-            "calibration_tokens": ntok(cal_b),
-            "eval_tokens": ntok(ev_b),
-            "seconds": oracle_seconds,
-        },
         "selector_calibration": f"the first {opts.lm_selector_texts} of the LS calibration texts",
         "selection_seconds": time.perf_counter() - t_sel,
         "seconds": time.perf_counter() - t_start,
     }
-    return _analyze_study(study, selectors, opts)
+    oracle_common = {"finetuned": False, "seeds": [None], "grid": [m, n], "eligible_configs": len(eligible),
+                     "calibration_tokens": ntok(cal_b), "seconds": oracle_seconds}
+    studies = []
+    ppl_pool = [dict(copy.deepcopy(c), quality_per_seed=[c["perplexity"]], quality=c["perplexity"]) for c in pool]
+    studies.append(dict(copy.deepcopy(base), name=f"{Path(opts.lm_anchor).name} self-stitch", metric="perplexity",
+                        higher_is_better=False,
+                        anchors=[{"name": Path(opts.lm_anchor).name, "flops": float(a_flops[1]),
+                                  "metric": anchor_ppl}],
+                        oracle=dict(oracle_common, configs=ppl_pool, eval_tokens=ntok(ev_b), description=(
+                            pool_text + f"; perplexity on {len(eval_texts)} Debian descriptions (test split, prompt + "
+                            f"synopsis, <= {opts.lm_max_length} tokens, {ntok(ev_b)} tokens). Training-free oracle: "
+                            "finetuning every configuration does not fit the CPU budget."))))
+    if rouge_ds is not None:
+        r_pool = [dict(copy.deepcopy(c), quality_per_seed=[c["rouge"]["rougeL"]], quality=c["rouge"]["rougeL"])
+                  for c in pool]
+        studies.append(dict(copy.deepcopy(base), name=f"{Path(opts.lm_anchor).name} self-stitch ROUGE-L",
+                            metric="rougeL", higher_is_better=True,
+                            anchors=[{"name": Path(opts.lm_anchor).name, "flops": float(a_flops[1]),
+                                      "metric": anchor_rouge["rougeL"], "rouge": anchor_rouge}],
+                            oracle=dict(oracle_common, configs=r_pool, description=(
+                                pool_text + f"; ROUGE-L (mean per-example F, rouge-score with stemming off) of the first "
+                                f"line of the greedy continuation ({opts.lm_max_new_tokens} new tokens) of the "
+                                "'One-line summary:' prompt against the real synopsis, on {len(refs)} Debian packages (test "
+                                "split). Same pool and selector scores as the perplexity study; the oracle's "
+                                "perplexity and generations run in one pass, so its time is counted there."))))
+    return [_analyze_study(st, copy.deepcopy(selectors), opts) for st in studies]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -842,16 +946,20 @@ def _markdown(report: dict) -> str:
              f"{report['machine']['threads']} torch threads ({report['machine']['platform']}); process CPU time "
              f"{report.get('cpu_seconds', float('nan')) / 60:.1f} min.", "",
              "Correlations are between **−score** (every selector's score is lower-is-better) and quality "
-             "oriented higher-is-better (accuracy, or −perplexity): **positive = good**. Candidate sets: every "
+             "oriented higher-is-better (accuracy, ROUGE-L, or −perplexity): **positive = good**. Candidate sets: every "
              f"selector's top-{report['options']['top_k']} per FLOPs bucket (equal size for all). "
              "`±` on a selector = std over finetuning seeds (ViT default pair) or over random-selector seeds. "
              "Definitions are in the JSON (`definitions`).", ""]
+    if report.get("reanalysis"):
+        lines += [f"Metrics re-computed from the stored oracle and scores with `{report['reanalysis']['command']}` "
+                  "(no model was run again; wall and CPU time above are the original run's).", ""]
     for line in report.get("skipped") or []:
         lines += [f"Skipped: {line}", ""]
     for st in report["studies"]:
         o = st["oracle"]
         higher = st["higher_is_better"]
-        unit = "accuracy" if higher else "perplexity, lower is better"
+        unit = {"top1_accuracy": "accuracy", "perplexity": "perplexity, lower is better"}.get(st["metric"], st["metric"])
+        short = {"top1_accuracy": "acc.", "perplexity": "ppl"}.get(st["metric"], st["metric"])
         lines += [f"## {st['name']} ({st['metric']})", "", f"Oracle: {o['description']}", "",
                   f"Pool: {len(o['configs'])} configurations in {st['selectors']['oracle']['buckets_nontrivial']} "
                   f"non-trivial FLOPs buckets (of {len(st['bucket_edges']) - 1}); anchors: "
@@ -859,11 +967,14 @@ def _markdown(report: dict) -> str:
                   + (f"Seed-to-seed std of a configuration's quality: mean {o['quality_seed_std_mean']:.4f}, "
                      f"max {o['quality_seed_std_max']:.4f}. " if o.get("quality_seed_std_mean") is not None else "")
                   + f"Oracle {o['seconds'] / 60:.1f} min, selectors {st['selection_seconds'] / 60:.1f} min.", ""]
+        warnings = _study_warnings(st)
+        lines += [f"**Note:** {w}" for w in warnings] + ([""] if warnings else [])
         has_init = "spearman_init" in next((v for k, v in st["selectors"].items() if k != "oracle" and "error" not in v), {})
         head = ["selector", "Spearman ρ", "Kendall τ", "ρ in bucket", "τ in bucket"]
         if has_init:
             head.append("ρ vs LS-init acc.")
-        head += ["overlap (chance)", f"regret ({'acc.' if higher else 'ppl'})", f"AUC ({unit})", "select s"]
+        head += ["overlap (chance)", f"regret ({short})", f"AUC ({unit})",
+                 "AUC stitches only", "select s"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for label, r in st["selectors"].items():
             if "error" in r:
@@ -879,10 +990,29 @@ def _markdown(report: dict) -> str:
                 row.append(_fmt(r.get("spearman_init"), 3, sd("spearman_init")))
             ov = _fmt(r.get("overlap"), 2, sd("overlap"))
             row += [f"{ov} ({_fmt(r.get('overlap_chance'), 2)})", _fmt(regret, 4 if higher else 2, sd("regret")),
-                    _fmt(r.get("auc"), 4, sd("auc")), _fmt(r.get("seconds"), 1)]
+                    _fmt(r.get("auc"), 4, sd("auc")), _fmt(r.get("auc_stitches"), 4, sd("auc_stitches")),
+                    _fmt(r.get("seconds"), 1)]
             lines.append("| " + " | ".join(row) + " |")
         lines += ["", _picks_table(st), "", f"![fronts]({report['name']}_{_slug(st['name'])}.png)", ""]
     return "\n".join(lines) + "\n"
+
+
+def _study_warnings(st: dict) -> list[str]:
+    """Caveats read off the data (too small a pool; anchors that make the AUC blind)."""
+    out = []
+    pool = st["oracle"]["configs"]
+    nontrivial = st["selectors"].get("oracle", {}).get("buckets_nontrivial") or 0
+    if len(pool) < 8 or nontrivial < 3:
+        out.append(f"only {len(pool)} configurations in {nontrivial} non-trivial buckets: too few for conclusions "
+                   "(correlations and overlaps of a handful of points are noise).")
+    higher = st["higher_is_better"]
+    cheap = min(st["anchors"], key=lambda a: a["flops"])
+    best = max(c["quality"] for c in pool) if higher else min(c["quality"] for c in pool)
+    if len(st["anchors"]) > 1 and ((cheap["metric"] >= best) if higher else (cheap["metric"] <= best)):
+        out.append(f"the cheaper anchor ({cheap['name']}, {cheap['metric']:.4g}) is at least as good as every "
+                   "stitch of the pool, so the front with anchors (AUC) is the same for every selector; compare "
+                   "'AUC stitches only'.")
+    return out
 
 
 def _picks_table(st: dict) -> str:
@@ -895,7 +1025,7 @@ def _picks_table(st: dict) -> str:
             sizes[c["bucket"]] = sizes.get(c["bucket"], 0) + 1
     head = ["bucket (configs)"] + labels
     rows = ["Picks per FLOPs bucket: configuration (front_blocks i, back_start j) and its quality"
-            + (" (accuracy)" if higher else " (perplexity)")
+            + f" ({st['metric']})"
             + "; random = its first seed.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = (lambda q: f"{q:.3f}") if higher else (lambda q: f"{q:.1f}")
     for b in sorted(sizes):
@@ -1003,7 +1133,7 @@ def _run_studies(opts: QualityOptions, t0: float) -> tuple[list[dict], list[str]
     if data is not None:
         studies.append(_vit_study(opts.vit_pairs[0], list(opts.vit_seeds), opts.vit_max_configs, opts, data))
     if "lm" in opts.studies:
-        studies.append(_lm_study(opts))
+        studies.extend(_lm_study(opts))
     if data is not None:
         deadline = t0 + 60.0 * opts.time_budget_minutes if opts.time_budget_minutes > 0 else None
         for pair in opts.vit_pairs[1:]:
@@ -1024,6 +1154,8 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
         opts = QualityOptions(**kwargs)
     elif kwargs:
         opts = replace(opts, **kwargs)
+    if opts.from_json:
+        return _reanalyze(opts, command)
     given = opts
     if opts.quick:
         opts = _quick(opts)
@@ -1031,8 +1163,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     if opts.threads:
         torch.set_num_threads(int(opts.threads))
     t0, cpu0 = time.perf_counter(), time.process_time()
-    out = Path(opts.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
@@ -1050,8 +1181,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
         "command": command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "run_quality(...)"),
         "options": asdict(opts),
         "options_given": asdict(given),
-        "definitions": dict(DEFINITIONS, auc_pareto=__import__("hf_klas.evaluation.pareto",
-                                                               fromlist=["AUC_DEFINITION"]).AUC_DEFINITION),
+        "definitions": _definitions(),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
         "studies": studies,
@@ -1063,6 +1193,18 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
         report["machine"]["load_average_at_end"] = list(os.getloadavg())
     except OSError:  # pragma: no cover - not on every platform
         pass
+    return _write_outputs(report, opts)
+
+
+def _definitions() -> dict:
+    from .evaluation.pareto import AUC_DEFINITION
+
+    return dict(DEFINITIONS, auc_pareto=AUC_DEFINITION)
+
+
+def _write_outputs(report: dict, opts: QualityOptions) -> dict:
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     json_path = out / f"{opts.name}.json"
     report = _json_safe(report)
     md_path = out / f"{opts.name}.md"
@@ -1073,6 +1215,69 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
                "studies": {}}
     for st in report["studies"]:
         summary["studies"][st["name"]] = {
-            label: {k: r.get(k) for k in ("spearman", "kendall", "spearman_within_bucket", "overlap", "regret", "auc")}
+            label: {k: r.get(k) for k in ("spearman", "kendall", "spearman_within_bucket", "overlap", "regret", "auc",
+                                          "auc_stitches")}
             for label, r in st["selectors"].items() if "error" not in r}
     return summary
+
+
+def _random_scores(st: dict, pool: list[dict], repeats: int, opts: QualityOptions) -> list[list[float]]:
+    """The random selector's pool scores for seeds 0..repeats-1 (data-free: no model runs)."""
+    from .selection.api import compute_plan
+
+    back = None if st["kind"] == "lm_self_stitch" else st["back"]
+    scores = []
+    for seed in range(repeats):
+        plan, _ = compute_plan(st["front"], back, None, "random", cache=False, progress=False, seed=seed)
+        sc = plan.score.numpy()
+        scores.append([float(sc[c["front_blocks"] - 1, c["back_start"]]) for c in pool])
+    return scores
+
+
+def _reanalyze(opts: QualityOptions, command: str | None) -> dict:
+    """``from_json``: metrics, tables and plots recomputed from a previous report (see the option's help)."""
+    t0 = time.perf_counter()
+    path = Path(opts.from_json)
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise HfKlasError(f"Cannot read the previous report {path}: {err}.",
+                          "Pass the selection_quality JSON written by run_quality / benchmarks/selection_quality.py.")
+    if old.get("format") != "hf_klas.selection_quality":
+        raise HfKlasError(f"{path} is not a selection-quality report (format={old.get('format')!r}).",
+                          "Pass the selection_quality JSON written by run_quality.")
+    known = {f.name for f in fields(QualityOptions)}
+    orig = QualityOptions(**{k: v for k, v in old["options"].items() if k in known})
+    new_opts = replace(orig, top_k=opts.top_k, random_repeats=opts.random_repeats, out_dir=opts.out_dir,
+                       name=opts.name, progress=opts.progress, from_json=str(path))
+    _validate(replace(new_opts, studies=[s for s in new_opts.studies if s in ("vit", "lm")] or ["vit"]))
+    studies = []
+    for old_st in old["studies"]:
+        st = {k: v for k, v in old_st.items() if k != "selectors"}
+        pool = st["oracle"]["configs"]
+        selectors = {}
+        for label, r in old_st["selectors"].items():
+            if label == "oracle":
+                continue
+            if "error" in r:
+                selectors[label] = r
+                continue
+            entry = {"method": r["method"], "options": r.get("options", {}), "seconds": r.get("seconds"),
+                     "cached": r.get("cached", False)}
+            if r["method"] == "random":
+                stored = r.get("scores") or []
+                entry["scores"] = (stored[:new_opts.random_repeats] if len(stored) >= new_opts.random_repeats
+                                   else _random_scores(st, pool, new_opts.random_repeats, new_opts))
+            else:
+                entry["score"] = [math.nan if c.get("scores", {}).get(label) is None else c["scores"][label]
+                                  for c in pool]
+            selectors[label] = entry
+        for c in pool:
+            c.pop("scores", None)
+        studies.append(_analyze_study(st, selectors, new_opts))
+    report = dict(old, name=new_opts.name, options=asdict(new_opts), definitions=_definitions(), studies=studies,
+                  reanalysis={"from": str(path), "command": command or " ".join(sys.argv),
+                              "seconds": time.perf_counter() - t0,
+                              "note": "metrics recomputed from the stored oracle qualities and selector scores; "
+                                      "wall_seconds / cpu_seconds are the original run's"})
+    return _write_outputs(report, new_opts)

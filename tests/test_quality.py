@@ -111,6 +111,36 @@ def tiny_anchors(tmp_path_factory):
     return paths[0], paths[1], str(root / "lm")
 
 
+def test_lm_fast_generation_matches_stitched_model(tiny_anchors):
+    """The oracle's swapped-block generation (pre-hook stitch, original layer indices, KV cache) is the built
+    stitched model's greedy generation."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from hf_klas import StitchedModel
+    from hf_klas.evaluation import generate_texts
+    from hf_klas.quality import lm_self_stitch_oracle
+
+    lm_dir = tiny_anchors[2]
+    model = LlamaForCausalLM.from_pretrained(lm_dir).eval()
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    g = torch.Generator().manual_seed(2)
+    cal = [{"input_ids": torch.randint(3, len(tok), (4, 16), generator=g),
+            "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(2)]
+    prompts = ["Package description:\nA tiny tool.\nOne-line summary:", "Hello there, how are", "x"]
+    configs = [(1, 3), (2, 4)]
+    res = lm_self_stitch_oracle(model, configs, cal, cal[:1], progress=False, tokenizer=tok, prompts=prompts,
+                                max_new_tokens=5, batch_size=2)
+    before = generate_texts(model, tok, prompts, max_new_tokens=5, progress=False)
+    for i, j in configs:
+        stitched = StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j, calibration=cal,
+                                              progress=False)
+        ref = generate_texts(stitched, tok, prompts, max_new_tokens=5, batch_size=2, progress=False)
+        assert res[(i, j)]["generations"] == ref
+    # the anchor is left intact
+    assert len(model.model.layers) == 5 and not model.model.layers[3]._forward_pre_hooks
+    assert generate_texts(model, tok, prompts, max_new_tokens=5, progress=False) == before
+
+
 def _check_report(report: dict):
     assert report["format"] == "hf_klas.selection_quality"
     kinds = {st["kind"] for st in report["studies"]}
@@ -133,6 +163,7 @@ def _check_report(report: dict):
                 assert 0.0 <= r["auc"] <= 1.0
             assert r["candidates"]
         expected = {"oracle", "klas:logit_lens", "klas:tuned_lens", "snnet", "cka", "mse", "ce", "random"}
+        assert st["metric"] in {"top1_accuracy", "perplexity", "rougeL"}
         if st["kind"] == "vit":
             expected |= {"klas:probenet"}
             assert len(st["oracle"]["seeds"]) == 2
@@ -154,10 +185,21 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
                            str(tmp_path), "--name", "sq", "--progress", "false"])
     report = json.loads((tmp_path / "sq.json").read_text())
     _check_report(report)
+    assert [st["metric"] for st in report["studies"]] == ["top1_accuracy", "perplexity", "rougeL"]
+    rouge_pool = report["studies"][2]["oracle"]["configs"]
+    assert all(0.0 <= c["quality"] <= 1.0 and "rouge1" in c["rouge"] for c in rouge_pool)
+    assert [c["name"] for c in rouge_pool] == [c["name"] for c in report["studies"][1]["oracle"]["configs"]]
     md = (tmp_path / "sq.md").read_text()
-    assert "| selector |" in md and "klas:logit_lens" in md
+    assert "| selector |" in md and "klas:logit_lens" in md and "regret (rougeL)" in md
     assert (tmp_path / "sq.png").stat().st_size > 0
     assert summary["json"] == str(tmp_path / "sq.json")
+
+    # re-analysis from the JSON (no model runs) reproduces every metric
+    again = run_quality(QualityOptions(from_json=str(tmp_path / "sq.json"), out_dir=str(tmp_path / "re"), name="sq",
+                                       random_repeats=report["options"]["random_repeats"], progress=False))
+    redo = json.loads((tmp_path / "re" / "sq.json").read_text())
+    assert again["studies"] == summary["studies"]
+    assert redo["reanalysis"]["from"] == str(tmp_path / "sq.json")
 
 
 def test_cli_lists_quality_options():

@@ -262,3 +262,41 @@ def test_run_pareto_plan_candidates_and_finetuned_models(tmp_path):
     assert anchor_costs == sorted([anchor_flops(small.config).total, anchor_flops(big.config).total])
     assert (tmp_path / "pareto" / "pareto.png").stat().st_size > 1000
     assert "auc_definition" in table
+    assert all(p["scores"] == {"accuracy": p["metric"]} for p in table["points"])
+    md = (tmp_path / "pareto" / "pareto.md").read_text().splitlines()
+    rows = [ln for ln in md if ln.startswith("| ") and not ln.startswith("| model")]
+    assert len(rows) == 6 and rows[0].startswith("| front: ") and "accuracy" in md[2]
+    on_front = [ln for ln in rows if ln.rstrip(" |").endswith("yes")]
+    assert len(on_front) == len(table["front"])
+
+
+def test_run_pareto_self_stitch_has_one_anchor_and_an_auc(tmp_path):
+    """Self-stitching named two ways (the plan's path, the user's spelling): one anchor point, a finite AUC, and
+    a Markdown table with every point."""
+    import json
+
+    from hf_klas.evaluation.api import run_pareto
+    from hf_klas.selection.plan import AnchorDescriptor, StitchPlan
+    from hf_klas.selection.scoring import Candidate
+
+    _, lm = llama_pair(vocab=64)
+    lm.save_pretrained(tmp_path / "lm")
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 64, (12, 10), generator=g).tolist()
+    datasets.Dataset.from_dict({"input_ids": ids}).save_to_disk(str(tmp_path / "data"))
+    datasets.Dataset.from_dict({"input_ids": ids[:8]}).save_to_disk(str(tmp_path / "calib"))
+    desc = AnchorDescriptor(str(tmp_path / "lm"), num_blocks=6)
+    plan = StitchPlan(method="klas", front=desc, back=desc, score=torch.zeros(6, 6), flops=torch.ones(6, 6),
+                      valid_mask=None, anchor_flops=(2.0, 2.0), seq_len=16,
+                      candidates=[Candidate(1, 3, 1.0, 0.1), Candidate(3, 4, 1.5, 0.1)])
+    plan.save(tmp_path / "plan")
+    summary = run_pareto(plan=str(tmp_path / "plan"), front=str(tmp_path / "lm") + "/", dataset=str(tmp_path / "data"),
+                         split="train", calibration=str(tmp_path / "calib"), metric="perplexity",
+                         out_dir=str(tmp_path / "pareto"), progress=False)
+    table = json.loads((tmp_path / "pareto" / "pareto.json").read_text())
+    anchors = [p for p in table["points"] if p["kind"] == "anchor"]
+    assert len(anchors) == 1 and anchors[0]["name"].startswith("anchor: ")
+    assert summary["higher_is_better"] is False
+    assert all(s["auc"] is not None for s in summary["series"].values())
+    rows = [ln for ln in (tmp_path / "pareto" / "pareto.md").read_text().splitlines() if ln.startswith("| ")]
+    assert len(rows) == 1 + 3  # the header, then one row per point (the separator starts with "|-")

@@ -1,7 +1,7 @@
 """Evaluation: offline ROUGE, generation, perplexity, top-1 accuracy, and Pareto fronts with their AUC."""
 
 from .accuracy import top1_accuracy
-from .generation import generate_texts
+from .generation import first_lines, generate_texts
 from .pareto import (
     AUC_DEFINITION,
     ParetoPoint,
@@ -21,6 +21,7 @@ __all__ = [
     "Rouge",
     "attainment_curve",
     "front_auc",
+    "first_lines",
     "generate_texts",
     "load_rouge",
     "pareto_front",

@@ -26,7 +26,8 @@ from ..errors import DataError, HfKlasError
 
 __all__ = ["EvaluateOptions", "ParetoOptions", "run_evaluate", "run_pareto", "evaluate_model", "METRICS"]
 
-METRICS = ("auto", "perplexity", "rouge1", "rouge2", "rougeL", "rougeLsum", "accuracy")
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+METRICS = ("auto", "perplexity", *ROUGE_TYPES, "accuracy")
 _ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
@@ -128,7 +129,7 @@ def _check_columns(ds, wanted: list[str], what: str):
 
 def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dict:
     """``{"metric": name, "value": v, ...}`` for one loaded model on an already loaded dataset."""
-    from . import generate_texts, load_rouge, perplexity, top1_accuracy
+    from . import first_lines, generate_texts, load_rouge, perplexity, top1_accuracy
 
     task = _task_of(model)
     metric = _resolve_metric(metric, task, ds.column_names, opts)
@@ -171,7 +172,7 @@ def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dic
         preds = generate_texts(model, preprocessor, list(ds[opts.prompt_column]), max_new_tokens=opts.max_new_tokens,
                                batch_size=opts.batch_size, progress=opts.progress)
         if opts.first_line_only:
-            preds = [p.strip().split("\n")[0] for p in preds]
+            preds = first_lines(preds)
         scores = load_rouge(seed=opts.seed).compute(predictions=preds, references=list(ds[opts.target_column]))
         out.update({k: float(v) for k, v in scores.items()})
         out["value"] = float(scores[metric])
@@ -312,6 +313,8 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     if need_anchors:
         front = resolve_anchor(front_spec)
         back = front if back_spec == front_spec else resolve_anchor(back_spec)
+        if back is not front and Path(back.name_or_path) == Path(front.name_or_path):
+            back = front  # self-stitching named two ways (alias and path): one anchor, one reference point
     seq_len = plan.seq_len if plan is not None and plan.seq_len else opts.seq_len
     task = anatomy_for(front.config).task if front is not None else None
     out = Path(opts.out_dir)
@@ -332,14 +335,16 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
 
     anchor_points = []
     if opts.include_anchors and front is not None:
-        for role, anchor in (("front", front), ("back", back)):
+        for role, anchor, spec in (("front", front, front_spec), ("back", back, back_spec)):
             if role == "back" and anchor is front:
                 continue
+            if back is front:
+                role = "anchor"
             model = anchor.load_full().eval()
             res = measure(model, anchor.load_preprocessor())
             flops, params = _cost(model, seq_len)
-            anchor_points.append(ParetoPoint(name=f"{role}: {anchor.name_or_path}", flops=flops, params=params,
-                                             metric=res["value"], kind="anchor"))
+            anchor_points.append(ParetoPoint(name=f"{role}: {spec}", flops=flops, params=params,
+                                             metric=res["value"], kind="anchor", scores=_scores(res)))
     points += anchor_points
     if plan is not None:
         from ..building import StitchedModel
@@ -359,7 +364,8 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
             flops, params = _cost(model, seq_len)
             series[name].append(ParetoPoint(name=f"stitch({c.front_blocks},{c.back_start})", flops=flops,
                                             params=params, metric=res["value"], kind="stitch", selector=name,
-                                            config={"front_blocks": c.front_blocks, "back_start": c.back_start}))
+                                            config={"front_blocks": c.front_blocks, "back_start": c.back_start},
+                                            scores=_scores(res)))
     if dirs:
         name = opts.series_name or "finetuned"
         series.setdefault(name, [])
@@ -377,7 +383,8 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
             cfg = model.config
             series[name].append(ParetoPoint(name=f"{Path(d).name}", flops=flops, params=params, metric=res["value"],
                                             kind="stitch", selector=name,
-                                            config={"front_blocks": cfg.front_blocks, "back_start": cfg.back_start}))
+                                            config={"front_blocks": cfg.front_blocks, "back_start": cfg.back_start},
+                                            scores=_scores(res)))
     for pts in series.values():
         points += pts
 
@@ -387,6 +394,8 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     plot_series = {name: anchor_points + pts for name, pts in series.items()}
     png = plot_pareto(plot_series, out / "pareto.png", metric_name=metric_name, title=opts.title,
                       higher_is_better=higher)
+    md = out / "pareto.md"
+    md.write_text(_markdown_table(points, metric_name, higher, table, seq_len if task == CAUSAL_LM else None))
     by_series = {}
     anchors_only = [p for p in anchor_points]
     for name, pts in series.items():
@@ -399,10 +408,34 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
             auc = None
         by_series[name] = {"auc": auc, "front": [p.name for p in pareto_front(allp, higher)],
                            "points": len(pts)}
-    return {"out_dir": str(out), "files": [str(out / "pareto.json"), str(png)], "metric": metric_name,
+    return {"out_dir": str(out), "files": [str(out / "pareto.json"), str(png), str(md)], "metric": metric_name,
             "higher_is_better": higher, "auc": table.get("auc"), "front": table.get("front"), "series": by_series,
             "points": [_point_dict(p) for p in points], "seq_len": seq_len if task == CAUSAL_LM else None,
             "seconds": time.perf_counter() - t0, "options": asdict(opts)}
+
+
+def _scores(res: dict) -> dict:
+    """The numbers of one evaluation worth a table column (all ROUGE types, not only the plotted one)."""
+    out = {k: float(res[k]) for k in ROUGE_TYPES if isinstance(res.get(k), (int, float))}
+    return out or {res["metric"]: float(res["value"])}
+
+
+def _markdown_table(points, metric_name: str, higher: bool, table: dict, seq_len: int | None) -> str:
+    """pareto.md: one row per evaluated model (anchors first, then by FLOPs), every measured score, front marks."""
+    front = set(table.get("front") or [])
+    cols = sorted({k for p in points for k in (p.scores or {})}, key=lambda k: (k != metric_name, k))
+    unit = f"GFLOPs/sequence of {seq_len} tokens" if seq_len else "GFLOPs/image"
+    head = ["model", "series", unit, "params (M)", *cols, "on front"]
+    lines = [f"Metric: {metric_name} ({'higher' if higher else 'lower'} is better); AUC of the whole front: "
+             + (f"{table['auc']:.4f}" if table.get("auc") is not None else "n/a") + ".", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    order = sorted(points, key=lambda p: (p.kind != "anchor", p.flops))
+    for p in order:
+        vals = [(f"{p.scores[c]:.2f}" if c == "perplexity" else f"{p.scores[c]:.4f}")
+                if p.scores and c in p.scores else "" for c in cols]
+        lines.append("| " + " | ".join([p.name, p.selector or p.kind, f"{p.flops / 1e9:.3f}", f"{p.params / 1e6:.1f}",
+                                        *vals, "yes" if p.name in front else ""]) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _point_dict(p) -> dict:

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ._util import model_device, tokenizer_padding
 
-__all__ = ["generate_texts"]
+__all__ = ["generate_texts", "first_lines"]
 
 
 def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8,
@@ -54,3 +54,9 @@ def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
         finally:
             model.train(was_training)
     return outputs  # type: ignore[return-value]
+
+
+def first_lines(texts: Sequence[str]) -> list[str]:
+    """The first non-blank line of each generation (stripped): what a one-line reference (a Debian synopsis)
+    should be scored against; a model that goes on to write a long description is not penalised for it."""
+    return [t.strip().split("\n")[0] for t in texts]

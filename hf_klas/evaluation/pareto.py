@@ -55,6 +55,7 @@ class ParetoPoint:
     kind: str = "stitch"
     config: dict | None = None  # {"front_blocks": i, "back_start": j} for stitches
     selector: str | None = None
+    scores: dict | None = None  # every number measured with ``metric`` (e.g. rouge1/rouge2/rougeL/rougeLsum)
 
     def __post_init__(self):
         if self.kind not in _KINDS:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import CausalLMOutputWithPast, ImageClassifierOutput
 
-from ..anatomy import CAUSAL_LM, final_logit_softcap
+from ..anatomy import CAUSAL_LM
 from ..configuration_stitched import StitchedConfig, _as_config, validate_stitch_point
 from ..errors import HfKlasError, StitchPointError
 
@@ -307,14 +307,7 @@ class StitchedSupernet(nn.Module):
         hidden = core._run_blocks(core.back, core.back_blocks[j:], btypes, hidden, bmasks, position_ids, None,
                                   False, cache_position, None, {})
         hidden = getattr(core.back, core.anatomy.norm)(hidden)
-        logits = core.lm_head(hidden)
-        cap = final_logit_softcap(core.config.back_config)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        loss = None
-        if labels is not None:
-            loss = core.loss_function(logits=logits, labels=labels, vocab_size=core.config.vocab_size,
-                                      num_items_in_batch=num_items_in_batch)
+        logits, loss = core._logits_and_loss(hidden, labels, num_items_in_batch)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     def _forward_vision(self, i, j, stitch, pixel_values, labels):
