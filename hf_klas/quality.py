@@ -922,7 +922,7 @@ def _lm_study(opts: QualityOptions) -> list[dict]:
                             oracle=dict(oracle_common, configs=r_pool, description=(
                                 pool_text + f"; ROUGE-L (mean per-example F, rouge-score with stemming off) of the first "
                                 f"line of the greedy continuation ({opts.lm_max_new_tokens} new tokens) of the "
-                                "'One-line summary:' prompt against the real synopsis, on {len(refs)} Debian packages (test "
+                                f"'One-line summary:' prompt against the real synopsis, on {len(refs)} Debian packages (test "
                                 "split). Same pool and selector scores as the perplexity study; the oracle's "
                                 "perplexity and generations run in one pass, so its time is counted there."))))
     return [_analyze_study(st, copy.deepcopy(selectors), opts) for st in studies]

@@ -148,6 +148,7 @@ def _check_report(report: dict):
     for st in report["studies"]:
         pool = st["oracle"]["configs"]
         assert pool and all(len(c["quality_per_seed"]) == len(st["oracle"]["seeds"]) for c in pool)
+        assert "{" not in st["oracle"]["description"], st["oracle"]["description"]  # an unformatted f-string
         assert "oracle" in st["selectors"]
         for label, r in st["selectors"].items():
             assert "error" not in r, (label, r)
