@@ -22,7 +22,7 @@ from .anatomy import CAUSAL_LM, IMAGE_CLASSIFICATION, anatomy_for, find_block_pa
 from .calibration import calibration_batches
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError, IncompatibleAnchorsError
-from .loading import Anchor, resolve_anchor
+from .loading import Anchor, resolve_anchor, same_anchor
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from .stitch_init import LeastSquaresAccumulator
 
@@ -52,7 +52,9 @@ def plan_weight_sources(model: nn.Module, config: StitchedConfig) -> dict[str, W
         if key.startswith("stitch."):
             out[key] = None
         elif key == "lm_head.weight":
-            out[key] = WeightSource("back", "lm_head.weight", fallback=f"{fam_b.base}.{fam_b.embed}.weight")
+            # tied (self-stitch of a tied anchor): the same Parameter as the front embedding, already read
+            out[key] = None if config.tie_word_embeddings else \
+                WeightSource("back", "lm_head.weight", fallback=f"{fam_b.base}.{fam_b.embed}.weight")
         elif key.startswith("classifier."):
             out[key] = WeightSource("back", key)
     return out
@@ -278,9 +280,11 @@ class StitchedModel:
 def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: int,
                    dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """Allocate the stitched model once (no random init) and fill it from the anchors' tensors."""
+    tie = same_anchor(front, back) and anatomy_for(front.config).task == CAUSAL_LM and \
+        bool(getattr(front.config, "tie_word_embeddings", False))
     config = StitchedConfig(front_config=front.config, back_config=back.config, front_blocks=front_blocks,
                             back_start=back_start, anchors={"front": front.provenance, "back": back.provenance},
-                            dtype=dtype)
+                            dtype=dtype, tie_word_embeddings=tie)
     if attn_implementation is not None:
         config._attn_implementation = attn_implementation
     model_cls = TASK_CLASSES[config.task]
@@ -304,7 +308,8 @@ def stitch_info(config: StitchedConfig, seq_len: int = 128) -> dict:
     f, b, i, j = config.front_config, config.back_config, config.front_blocks, config.back_start
     is_lm = config.task == CAUSAL_LM
     flops = stitch_flops(f, b, i, j, seq_len=seq_len if is_lm else None)
-    return {"flops": int(flops.total), "params": int(stitch_params(f, b, i, j).total),
+    params = stitch_params(f, b, i, j, tied_head=bool(config.tie_word_embeddings))
+    return {"flops": int(flops.total), "params": int(params.total),
             "flops_unit": f"per sequence of {seq_len} tokens" if is_lm else "per image"}
 
 

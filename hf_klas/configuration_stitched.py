@@ -15,7 +15,7 @@ import copy
 from transformers import AutoConfig, PretrainedConfig
 
 from .anatomy import CAUSAL_LM, anatomy_for, check_compatible, layer_types_of
-from .errors import StitchPointError, VersionError
+from .errors import IncompatibleAnchorsError, StitchPointError, VersionError
 from .version import __version__
 
 
@@ -57,6 +57,10 @@ def validate_stitch_point(front_config, back_config, front_blocks: int, back_sta
             f"Choose back_start <= {n - 1} so at least one back block runs.",
         )
 
+
+
+def _ties_embeddings(config) -> bool:
+    return bool(getattr(config, "tie_word_embeddings", False))
 
 class StitchedConfig(PretrainedConfig):
     """Configuration of a stitched model ``g_{>j} . T . f_{<=i}``.
@@ -102,11 +106,17 @@ class StitchedConfig(PretrainedConfig):
         self.recipe = recipe or {}  # how this stitch was chosen and initialised (embedded in the model card)
         self.stitch_info = stitch_info or {}  # FLOPs / params of this configuration
         self.hf_klas_version = __version__
-        kwargs["tie_word_embeddings"] = False  # the back head is its own tensor in a stitched model
+        # The back head is its own tensor, except in a self-stitch of an anchor that ties its head to its input
+        # embeddings: front embedding and back head are then one matrix, and the builder asks to keep it tied.
+        kwargs["tie_word_embeddings"] = bool(kwargs.get("tie_word_embeddings", False))
         if self.front_config is not None and self.back_config is not None:
             fam = check_compatible(self.front_config, self.back_config)
             validate_stitch_point(self.front_config, self.back_config, front_blocks, back_start)
             self.task = fam.task
+            if kwargs["tie_word_embeddings"] and (self.task != CAUSAL_LM or not _ties_embeddings(self.back_config)):
+                raise IncompatibleAnchorsError(
+                    "tie_word_embeddings=True needs a causal LM whose anchor ties its head to its input embeddings.",
+                    "Leave tie_word_embeddings unset; StitchedModel.from_anchors sets it for self-stitches.")
             self._describe_stitched_stack(kwargs)
         else:
             self.task = None

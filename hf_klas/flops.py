@@ -461,9 +461,11 @@ def anchor_params(config) -> ParamsBreakdown:
                            head=_head_params(shape, untie=False))
 
 
-def stitch_params(front_config, back_config, front_blocks: int, back_start: int) -> ParamsBreakdown:
+def stitch_params(front_config, back_config, front_blocks: int, back_start: int,
+                  tied_head: bool = False) -> ParamsBreakdown:
     """Parameters of a stitched model: front embeddings + blocks, stitch Linear with bias, back blocks, back
-    final norm and back head -- the head counted in full because the stitched model unties it."""
+    final norm and back head -- the head counted in full because a stitched model unties it, except
+    ``tied_head`` (a self-stitch of a tied anchor keeps head and embedding one matrix)."""
     front, back = _shape(front_config), _shape(back_config)
     i, j = int(front_blocks), int(back_start)
     _check_point(front, back, i, j)
@@ -471,18 +473,19 @@ def stitch_params(front_config, back_config, front_blocks: int, back_start: int)
         _check_pair(front, back, 0, 0)
     return ParamsBreakdown(
         embed=_embed_params(front), blocks=[_block_params(front)] * i + [_block_params(back)] * (back.layers - j),
-        head=_head_params(back, untie=True), stitch=front.hidden * back.hidden + back.hidden,
+        head=_head_params(back, untie=not tied_head), stitch=front.hidden * back.hidden + back.hidden,
     )
 
 
-def stitch_grid_params(front_config, back_config) -> np.ndarray:
-    """Parameters of every configuration as an int64 ``[m, n]`` array: entry ``[i-1, j]`` is ``(i, j)``."""
+def stitch_grid_params(front_config, back_config, tied_head: bool = False) -> np.ndarray:
+    """Parameters of every configuration as an int64 ``[m, n]`` array: entry ``[i-1, j]`` is ``(i, j)``
+    (``tied_head``: as :func:`stitch_params`)."""
     front, back = _shape(front_config), _shape(back_config)
     if front.facts.kind != back.facts.kind:
         _check_pair(front, back, 0, 0)
     return _grid(_embed_params(front), [_block_params(front)] * front.layers,
                  front.hidden * back.hidden + back.hidden, [_block_params(back)] * back.layers,
-                 _head_params(back, untie=True))
+                 _head_params(back, untie=not tied_head))
 
 
 # ----------------------------------------------------------------------------------------------------------

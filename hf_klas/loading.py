@@ -247,3 +247,14 @@ def _from_hub(repo_id: str, revision: str | None) -> Anchor:
         ) from err
     return Anchor(name_or_path=repo_id, config=AutoConfig.from_pretrained(directory), directory=Path(directory),
                   revision=revision)
+
+
+def same_anchor(front: Anchor, back: Anchor | None) -> bool:
+    """Whether two anchors are one model (self-stitching): the same object, in-memory model or directory."""
+    if back is None or back is front:
+        return True
+    if front.model is not None and front.model is back.model:
+        return True
+    if front.model is None and back.model is None and front.directory is not None:
+        return front.directory == back.directory and front.revision == back.revision
+    return False

@@ -164,7 +164,11 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
     def __init__(self, config: StitchedConfig):
         super().__init__(config)
         self.lm_head = nn.Linear(config.back_config.hidden_size, config.back_config.vocab_size, bias=False)
+        if config.tie_word_embeddings:  # self-stitch of a tied anchor: one matrix, saved once
+            self._tied_weights_keys = {"lm_head.weight": f"front.{self.anatomy.embed}.weight"}
         self.post_init()
+        if config.tie_word_embeddings:
+            self.tie_weights()  # post_init does not tie under no_init_weights (how models are allocated)
 
     def get_input_embeddings(self):
         return getattr(self.front, self.anatomy.embed)

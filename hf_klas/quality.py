@@ -832,7 +832,7 @@ def _lm_study(opts: QualityOptions) -> list[dict]:
     cal_texts = _debian_texts("train", opts.lm_calibration_texts, opts.subset_seed)
     eval_texts = _debian_texts("test", opts.lm_eval_texts, opts.subset_seed)
     rouge_ds = _debian_examples("test", opts.lm_rouge_texts, opts.subset_seed) if opts.lm_rouge_texts else None
-    flops_grid, _, a_flops = grids(anchor.config, anchor.config, DEFAULT_SEQ_LEN)
+    flops_grid, _, a_flops = grids(anchor.config, anchor.config, DEFAULT_SEQ_LEN, same=True)
     flops_grid = flops_grid.numpy()
     m = n = int(anchor.config.num_hidden_layers)
     valid = valid_mask(m, n, True).numpy()

@@ -264,3 +264,56 @@ def test_least_squares_fit_is_the_least_squares_solution(pair):
     assert got == pytest.approx(best, rel=1e-3)
     assert got < eye
     assert fitted.config.recipe["stitch_fit"]["tokens"] == 16 * 32
+
+
+def test_self_stitch_of_a_tied_anchor_stays_tied(pair, tmp_path):
+    """Depth pruning must not grow the model: head and input embedding stay one matrix, saved once, counted
+    once, and still one after loading (with and without hf_klas installed)."""
+    from safetensors import safe_open
+
+    from hf_klas.errors import IncompatibleAnchorsError
+    from hf_klas.flops import anchor_params
+
+    f, b = pair
+    calib = [torch.randint(3, 128, (24,)) for _ in range(8)]
+    m = StitchedModel.from_anchors(f, front_blocks=2, back_start=3, calibration=calib, progress=False)
+    assert m.config.tie_word_embeddings and m.lm_head.weight is m.front.embed_tokens.weight
+    assert torch.equal(m.lm_head.weight, f.lm_head.weight)
+    n_params = sum(p.numel() for p in m.parameters())
+    assert n_params == m.config.stitch_info["params"]
+    assert n_params < anchor_params(f.config).total + 64 * 64 + 64  # one block fewer, plus the stitch
+    m.save_pretrained(tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as fh:
+        keys = set(fh.keys())
+    assert "front.embed_tokens.weight" in keys and "lm_head.weight" not in keys
+    again = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert again.lm_head.weight is again.front.embed_tokens.weight
+    assert torch.allclose(again(ids()).logits, m(ids()).logits, atol=ATOL)
+    code = f"""
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "hf_klas" or name.startswith("hf_klas."):
+            raise ImportError("hf_klas is not installed here")
+sys.meta_path.insert(0, Block())
+from transformers import AutoModelForCausalLM
+m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
+assert m.lm_head.weight is m.front.embed_tokens.weight
+print("tied")
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip().endswith("tied"), res.stderr[-2000:]
+    # two different models (both tied) keep their own head and embedding
+    cross = StitchedModel.from_anchors(f, b, front_blocks=2, back_start=3, calibration=calib, progress=False)
+    assert not cross.config.tie_word_embeddings and cross.lm_head.weight is not cross.front.embed_tokens.weight
+    with pytest.raises(IncompatibleAnchorsError, match="tie_word_embeddings"):
+        type(m.config)(front_config=m.config.front_config, back_config=_untied(m.config.back_config),
+                       front_blocks=2, back_start=3, tie_word_embeddings=True)
+
+
+def _untied(config):
+    import copy
+
+    config = copy.deepcopy(config)
+    config.tie_word_embeddings = False
+    return config

@@ -161,7 +161,7 @@ def _check_budget_value(budget) -> None:
 
 def _dry_plan(front: Anchor, back: Anchor, same: bool, seq_len, image_size) -> StitchPlan:
     """A score-free plan used only to validate a budget before any anchor runs (same checks, same message)."""
-    flops, params, a_flops = grids(front.config, back.config, seq_len, image_size)
+    flops, params, a_flops = grids(front.config, back.config, seq_len, image_size, same=same)
     m, n = flops.shape
     return StitchPlan(method="budget-check", front=descriptor(front), back=descriptor(back),
                       score=torch.zeros(m, n, dtype=torch.float64), flops=flops, valid_mask=valid_mask(m, n, same),

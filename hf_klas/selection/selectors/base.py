@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import HfKlasError, IncompatibleAnchorsError
-from ...loading import Anchor, resolve_anchor
+from ...loading import Anchor, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
 from ..plan import AnchorDescriptor, StitchPlan
 from ..scoring import bucket_edges, candidate_set
 
@@ -99,16 +99,6 @@ def anchor_key(anchor: Anchor) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def same_anchor(front: Anchor, back: Anchor | None) -> bool:
-    if back is None or back is front:
-        return True
-    if front.model is not None and front.model is back.model:
-        return True
-    if front.model is None and back.model is None and front.directory is not None:
-        return front.directory == back.directory and front.revision == back.revision
-    return False
-
-
 def load_model(anchor: Anchor):
     """The whole anchor for probing (float32 for checkpoints on disk; in-memory models as they are)."""
     if anchor.model is not None:
@@ -131,15 +121,17 @@ def is_lm(config) -> bool:
     return anatomy_for(config).task == CAUSAL_LM
 
 
-def grids(front_config, back_config, seq_len: int | None = None, image_size=None):
-    """``(flops [m, n], params [m, n], (front anchor FLOPs, back anchor FLOPs))`` at the plan's token count."""
+def grids(front_config, back_config, seq_len: int | None = None, image_size=None, same: bool = False):
+    """``(flops [m, n], params [m, n], (front anchor FLOPs, back anchor FLOPs))`` at the plan's token count;
+    ``same`` (self-stitching): a tied anchor's stitches keep head and embedding tied (as the built model)."""
     from ...flops import anchor_flops, stitch_grid_flops, stitch_grid_params
 
     lm = is_lm(front_config)
     sl = (seq_len or DEFAULT_SEQ_LEN) if lm else None
     flops = torch.as_tensor(stitch_grid_flops(front_config, back_config, seq_len=sl, image_size=image_size),
                             dtype=torch.float64)
-    params = torch.as_tensor(stitch_grid_params(front_config, back_config), dtype=torch.float64)
+    tied = same and lm and bool(getattr(front_config, "tie_word_embeddings", False))
+    params = torch.as_tensor(stitch_grid_params(front_config, back_config, tied_head=tied), dtype=torch.float64)
     af = float(anchor_flops(front_config, seq_len=sl, image_size=image_size).total)
     ab = float(anchor_flops(back_config, seq_len=sl, image_size=image_size).total)
     return flops, params, (af, ab)
@@ -211,7 +203,7 @@ class Selector:
 
         check_compatible(front.config, back.config)
         m, n = int(front.config.num_hidden_layers), int(back.config.num_hidden_layers)
-        g_flops, g_params, a_flops = grids(front.config, back.config, seq_len, image_size)
+        g_flops, g_params, a_flops = grids(front.config, back.config, seq_len, image_size, same=same)
         flops = g_flops if flops is None else torch.as_tensor(flops, dtype=torch.float64)
         params = g_params if params is None else torch.as_tensor(params, dtype=torch.float64)
         if tuple(flops.shape) != (m, n) or tuple(params.shape) != (m, n):
