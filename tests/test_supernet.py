@@ -300,3 +300,16 @@ def test_run_pareto_self_stitch_has_one_anchor_and_an_auc(tmp_path):
     assert all(s["auc"] is not None for s in summary["series"].values())
     rows = [ln for ln in (tmp_path / "pareto" / "pareto.md").read_text().splitlines() if ln.startswith("| ")]
     assert len(rows) == 1 + 3  # the header, then one row per point (the separator starts with "|-")
+
+
+def test_extracted_self_stitch_of_a_tied_anchor_is_tied_unless_trained_apart():
+    front, _ = llama_pair()  # ties its head to its input embedding
+    net = StitchedSupernet.from_anchors(front, None, [(1, 2), (2, 3)], progress=False)
+    model = net.extract(2, 3)
+    assert model.config.tie_word_embeddings and model.lm_head.weight is model.front.embed_tokens.weight
+    assert sum(p.numel() for p in model.parameters()) == model.config.stitch_info["params"]
+    with torch.no_grad():  # a full finetune moved the head away from the embedding: keep both
+        net.core.lm_head.weight.add_(0.01)
+    apart = net.extract(2, 3)
+    assert not apart.config.tie_word_embeddings
+    assert torch.equal(apart.lm_head.weight, net.core.lm_head.weight)

@@ -340,7 +340,7 @@ class StitchedSupernet(nn.Module):
         core = self.core
         config = StitchedConfig(front_config=self.front_config, back_config=self.back_config, front_blocks=i,
                                 back_start=j, anchors=dict(self.anchors), stitch_bias=core.config.stitch_bias,
-                                dtype=core.dtype)
+                                dtype=core.dtype, tie_word_embeddings=self._head_is_embedding())
         config._attn_implementation = core.config._attn_implementation
         with no_init_weights():
             model = TASK_CLASSES[self.task](config)
@@ -369,6 +369,16 @@ class StitchedSupernet(nn.Module):
         if getattr(core, "generation_config", None) is not None and hasattr(model, "generation_config"):
             model.generation_config = core.generation_config
         return model.eval()
+
+    def _head_is_embedding(self) -> bool:
+        """Whether the extracted models can tie head and input embedding without losing anything: a tied anchor
+        (self-stitching) whose head and embedding are still equal. The supernet itself keeps them apart, since
+        a full finetune may train them differently; then the extracted models stay untied."""
+        if self.task != CAUSAL_LM or not getattr(self.back_config, "tie_word_embeddings", False):
+            return False
+        head = self.core.lm_head.weight
+        embed = self.core.get_input_embeddings().weight
+        return head.shape == embed.shape and bool(torch.equal(head, embed))
 
     def supernet_config(self) -> dict:
         return {"format": "hf_klas.supernet", "front_config": self.front_config.to_dict(),
