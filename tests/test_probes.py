@@ -13,15 +13,6 @@ from hf_klas.errors import CalibrationError, HfKlasError, ProbeMismatchError
 from hf_klas.probes import LogitLens, Probe, ProbeNet, TunedLens, build_probe, load_probe
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and a shared machine makes 2-thread tiny ops very slow."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def lm_batch(seed=0, b=3, t=10, vocab=128):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (b, t), generator=g)

@@ -26,14 +26,6 @@ from hf_klas.training import TRAINING_INFO_FILE, StitchedSupernet, build_trainer
 STEPS, SAVE_EVERY, CRASH_AFTER = 6, 2, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pair():
     return llama_pair()

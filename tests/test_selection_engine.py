@@ -17,14 +17,6 @@ from hf_klas.selection.plan import StitchPlan
 from hf_klas.selection.selectors import SELECTORS, get_selector, nearest_window, valid_mask
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def lm_batches(n=3, b=3, t=11, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []

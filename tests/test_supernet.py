@@ -18,14 +18,6 @@ from hf_klas.training import CausalLMCollator, StitchedSupernet, StitchTrainer, 
 LM_CONFIGS = [(1, 2), (2, 3), (4, 5), (3, 0), (2, 1), (4, 2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pair():
     return llama_pair()

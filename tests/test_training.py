@@ -31,15 +31,6 @@ from hf_klas.training import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread. With the CPU shared, 2 spinning OpenMP threads made a step ~200x slower."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def targs(tmp_path, **kw):
     base = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=12, learning_rate=1e-2,
                 logging_steps=100, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0,
