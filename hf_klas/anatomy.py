@@ -155,7 +155,7 @@ def get_head(model: nn.Module) -> nn.Linear:
         return head
     if fam.task == CAUSAL_LM:
         embed = getattr(get_base(model), fam.embed, None)
-        if isinstance(embed, nn.Embedding) and getattr(model.config, "tie_word_embeddings", False):
+        if isinstance(embed, nn.Embedding) and ties_embeddings(model.config):
             lin = nn.Linear(embed.embedding_dim, embed.num_embeddings, bias=False, device=embed.weight.device,
                             dtype=embed.weight.dtype)
             lin.weight = embed.weight
@@ -164,6 +164,11 @@ def get_head(model: nn.Module) -> nn.Linear:
         f"{type(model).__name__} has no head at '{fam.head}'.",
         "Load the anchor with its task class (AutoModelForCausalLM / AutoModelForImageClassification).",
     )
+
+
+def ties_embeddings(config) -> bool:
+    """Whether a causal LM's head is its input embedding matrix (SmolLM2, Gemma-3, Llama-3.2-1B/3B)."""
+    return anatomy_for(config).task == CAUSAL_LM and bool(getattr(config, "tie_word_embeddings", False))
 
 
 def final_logit_softcap(config) -> float | None:

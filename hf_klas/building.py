@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers.initialization import no_init_weights
 
 from .activations import _StopForward, run_prefix
-from .anatomy import CAUSAL_LM, IMAGE_CLASSIFICATION, anatomy_for, find_block_path
+from .anatomy import CAUSAL_LM, IMAGE_CLASSIFICATION, anatomy_for, find_block_path, ties_embeddings
 from .calibration import calibration_batches
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError, IncompatibleAnchorsError
@@ -280,8 +280,7 @@ class StitchedModel:
 def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: int,
                    dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """Allocate the stitched model once (no random init) and fill it from the anchors' tensors."""
-    tie = same_anchor(front, back) and anatomy_for(front.config).task == CAUSAL_LM and \
-        bool(getattr(front.config, "tie_word_embeddings", False))
+    tie = same_anchor(front, back) and ties_embeddings(front.config)
     config = StitchedConfig(front_config=front.config, back_config=back.config, front_blocks=front_blocks,
                             back_start=back_start, anchors={"front": front.provenance, "back": back.provenance},
                             dtype=dtype, tie_word_embeddings=tie)

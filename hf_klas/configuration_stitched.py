@@ -14,7 +14,7 @@ import copy
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .anatomy import CAUSAL_LM, anatomy_for, check_compatible, layer_types_of
+from .anatomy import CAUSAL_LM, anatomy_for, check_compatible, layer_types_of, ties_embeddings
 from .errors import IncompatibleAnchorsError, StitchPointError, VersionError
 from .version import __version__
 
@@ -57,10 +57,6 @@ def validate_stitch_point(front_config, back_config, front_blocks: int, back_sta
             f"Choose back_start <= {n - 1} so at least one back block runs.",
         )
 
-
-
-def _ties_embeddings(config) -> bool:
-    return bool(getattr(config, "tie_word_embeddings", False))
 
 class StitchedConfig(PretrainedConfig):
     """Configuration of a stitched model ``g_{>j} . T . f_{<=i}``.
@@ -113,7 +109,7 @@ class StitchedConfig(PretrainedConfig):
             fam = check_compatible(self.front_config, self.back_config)
             validate_stitch_point(self.front_config, self.back_config, front_blocks, back_start)
             self.task = fam.task
-            if kwargs["tie_word_embeddings"] and (self.task != CAUSAL_LM or not _ties_embeddings(self.back_config)):
+            if kwargs["tie_word_embeddings"] and not ties_embeddings(self.back_config):
                 raise IncompatibleAnchorsError(
                     "tie_word_embeddings=True needs a causal LM whose anchor ties its head to its input embeddings.",
                     "Leave tie_word_embeddings unset; StitchedModel.from_anchors sets it for self-stitches.")

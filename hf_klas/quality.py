@@ -643,7 +643,7 @@ def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptio
         "bucket_edges": edges,
         "anchors": anchors,
         "oracle": {
-            "description": (f"every valid configuration with FLOPs between the anchors"
+            "description": ("every valid configuration with FLOPs between the anchors"
                             + (f" (seeded random subset of {len(pool)} of {len(eligible)}"
                                + (f"; {planned} planned, the time budget stopped the rest" if len(pool) < planned
                                   else "") + ")"
@@ -850,7 +850,7 @@ def _lm_study(opts: QualityOptions) -> list[dict]:
     cal_b = calibration_batches(cal_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
     ev_b = calibration_batches(eval_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
     anchor_ppl = perplexity(model, tok, eval_texts, max_length=opts.lm_max_length, batch_size=8, progress=False)
-    rouge = load_rouge()
+    rouge = load_rouge() if rouge_ds is not None else None
     prompts = refs = None
     anchor_rouge = None
 

@@ -275,7 +275,7 @@ def _model_dirs(opts: ParetoOptions) -> list[str]:
 
 def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     """``hf-klas pareto``: evaluate anchors + candidates / stitched models, write the table, front, AUC and plot."""
-    from ..loading import resolve_anchor
+    from ..loading import resolve_anchor, same_anchor
     from . import ParetoPoint, front_auc, pareto_front, plot_pareto, write_pareto_table
 
     opts = _options(ParetoOptions, opts, kwargs)
@@ -313,7 +313,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     if need_anchors:
         front = resolve_anchor(front_spec)
         back = front if back_spec == front_spec else resolve_anchor(back_spec)
-        if back is not front and Path(back.name_or_path) == Path(front.name_or_path):
+        if same_anchor(front, back):
             back = front  # self-stitching named two ways (alias and path): one anchor, one reference point
     seq_len = plan.seq_len if plan is not None and plan.seq_len else opts.seq_len
     task = anatomy_for(front.config).task if front is not None else None

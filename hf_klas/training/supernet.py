@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import CausalLMOutputWithPast, ImageClassifierOutput
 
-from ..anatomy import CAUSAL_LM
+from ..anatomy import CAUSAL_LM, ties_embeddings
 from ..configuration_stitched import StitchedConfig, _as_config, validate_stitch_point
 from ..errors import HfKlasError, StitchPointError
 
@@ -374,7 +374,7 @@ class StitchedSupernet(nn.Module):
         """Whether the extracted models can tie head and input embedding without losing anything: a tied anchor
         (self-stitching) whose head and embedding are still equal. The supernet itself keeps them apart, since
         a full finetune may train them differently; then the extracted models stay untied."""
-        if self.task != CAUSAL_LM or not getattr(self.back_config, "tie_word_embeddings", False):
+        if not ties_embeddings(self.back_config):
             return False
         head = self.core.lm_head.weight
         embed = self.core.get_input_embeddings().weight

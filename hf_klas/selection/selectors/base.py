@@ -124,14 +124,16 @@ def is_lm(config) -> bool:
 def grids(front_config, back_config, seq_len: int | None = None, image_size=None, same: bool = False):
     """``(flops [m, n], params [m, n], (front anchor FLOPs, back anchor FLOPs))`` at the plan's token count;
     ``same`` (self-stitching): a tied anchor's stitches keep head and embedding tied (as the built model)."""
+    from ...anatomy import ties_embeddings
     from ...flops import anchor_flops, stitch_grid_flops, stitch_grid_params
 
     lm = is_lm(front_config)
     sl = (seq_len or DEFAULT_SEQ_LEN) if lm else None
     flops = torch.as_tensor(stitch_grid_flops(front_config, back_config, seq_len=sl, image_size=image_size),
                             dtype=torch.float64)
-    tied = same and lm and bool(getattr(front_config, "tie_word_embeddings", False))
-    params = torch.as_tensor(stitch_grid_params(front_config, back_config, tied_head=tied), dtype=torch.float64)
+    params = torch.as_tensor(stitch_grid_params(front_config, back_config,
+                                                tied_head=same and ties_embeddings(front_config)),
+                             dtype=torch.float64)
     af = float(anchor_flops(front_config, seq_len=sl, image_size=image_size).total)
     ab = float(anchor_flops(back_config, seq_len=sl, image_size=image_size).total)
     return flops, params, (af, ab)
