@@ -4,12 +4,21 @@
 ``AutoModelForCausalLM`` / ``AutoModelForImageClassification`` resolve stitched checkpoints.
 """
 
+import logging
+
+import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
 
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
-from .version import __version__
+from .version import TRANSFORMERS_RANGE, __version__, transformers_is_tested
+
+if not transformers_is_tested(transformers.__version__):
+    logging.getLogger(__name__).warning(
+        "hf_klas %s is tested with transformers %s; transformers %s is installed. Stitched models refuse interfaces "
+        "they do not know, but check your results (bash scripts/test.sh latest runs the suite on it).",
+        __version__, TRANSFORMERS_RANGE, transformers.__version__)
 
 AutoConfig.register(StitchedConfig.model_type, StitchedConfig, exist_ok=True)
 AutoModelForCausalLM.register(StitchedConfig, StitchedModelForCausalLM, exist_ok=True)

@@ -10,13 +10,16 @@ This module ships inside stitched checkpoints (``trust_remote_code``): relative 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .errors import IncompatibleAnchorsError, UnknownFamilyError
+from .errors import IncompatibleAnchorsError, UnknownFamilyError, UnsupportedTransformersError
+from .version import TRANSFORMERS_RANGE, __version__
 
 CAUSAL_LM = "causal-lm"
 IMAGE_CLASSIFICATION = "image-classification"
@@ -210,23 +213,93 @@ def check_compatible(front_config, back_config) -> FamilyAnatomy:
 
 
 # --- transformers version compatibility -------------------------------------------------------------------
-# 5.0 passes ``cache_position`` to masks and layers and calls the mask argument ``input_embeds``; later 5.x
-# releases dropped ``cache_position`` and renamed the argument. Detect once from the installed signature.
+# The KV cache is called ``past_key_values`` up to transformers 5.23 and ``cache`` from 5.24 (in model forwards,
+# decoder layers, mask builders, ``generate()`` and output classes). A layer given the cache under a name it
+# does not declare swallows it in ``**kwargs`` and decodes without history, silently. So every callee's name is
+# read from the installed signature, once, and a callee that declares neither known name is refused.
+CACHE_ARGUMENT_NAMES = ("cache", "past_key_values")  # newest first
+
+
+def _installed_transformers() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+@functools.lru_cache(maxsize=None)
+def cache_argument(fn) -> str:
+    """The name under which ``fn`` (a decoder layer's ``forward``, a mask builder) takes the KV cache."""
+    params = inspect.signature(fn).parameters
+    for name in CACHE_ARGUMENT_NAMES:
+        if name in params:
+            return name
+    raise UnsupportedTransformersError(
+        f"{getattr(fn, '__qualname__', fn)} takes the KV cache under none of the names hf_klas knows "
+        f"({', '.join(CACHE_ARGUMENT_NAMES)}); installed transformers {_installed_transformers()}, "
+        f"hf_klas {__version__} supports transformers {TRANSFORMERS_RANGE}. Passing the cache anyway would "
+        "generate text without its history.",
+        f"Install a supported transformers (pip install 'transformers{TRANSFORMERS_RANGE}'), or upgrade hf_klas.",
+    )
+
+
+def layer_cache_argument(block: nn.Module) -> str:
+    """The cache argument name of a decoder layer (its class's own ``forward``)."""
+    return cache_argument(type(block).forward)
+
+
+@functools.lru_cache(maxsize=None)
+def output_cache_field(output_cls) -> str:
+    """The field of a transformers output class that carries the cache (``generate()`` reads it there)."""
+    names = {f.name for f in dataclasses.fields(output_cls)}
+    for name in CACHE_ARGUMENT_NAMES:
+        if name in names:
+            return name
+    raise UnsupportedTransformersError(
+        f"{output_cls.__name__} has none of the cache fields hf_klas knows ({', '.join(CACHE_ARGUMENT_NAMES)}); "
+        f"installed transformers {_installed_transformers()}, supported {TRANSFORMERS_RANGE}.",
+        f"Install a supported transformers (pip install 'transformers{TRANSFORMERS_RANGE}').",
+    )
+
+
+def one_cache(cache, past_key_values):
+    """The cache a caller passed under either name (``generate()`` in 5.24 uses ``cache``, 5.0 the old name)."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise IncompatibleAnchorsError(
+            "Two different KV caches were passed, as cache= and as past_key_values=.",
+            "Pass the cache once (cache= on transformers >= 5.24, past_key_values= before).",
+        )
+    return cache if cache is not None else past_key_values
+
+
+@functools.lru_cache(maxsize=None)
 def _mask_api():
+    """(masking_utils, wants cache_position, name of the embeddings argument, name of the cache argument).
+
+    5.0 passes ``cache_position`` to masks and layers and calls the embeddings ``input_embeds``; later releases
+    dropped ``cache_position`` and renamed the embeddings, and 5.24 renamed the cache.
+    """
     from transformers import masking_utils
 
-    params = inspect.signature(masking_utils.create_causal_mask).parameters
-    return masking_utils, "cache_position" in params, ("inputs_embeds" if "inputs_embeds" in params else "input_embeds")
+    fn = masking_utils.create_causal_mask
+    params = inspect.signature(fn).parameters
+    embeds = "inputs_embeds" if "inputs_embeds" in params else "input_embeds"
+    name = cache_argument(fn)
+    if cache_argument(masking_utils.create_sliding_window_causal_mask) != name:
+        raise UnsupportedTransformersError(
+            "transformers' causal and sliding-window mask builders take the cache under different names "
+            f"(installed transformers {_installed_transformers()}, supported {TRANSFORMERS_RANGE}).",
+            f"Install a supported transformers (pip install 'transformers{TRANSFORMERS_RANGE}').")
+    return masking_utils, "cache_position" in params, embeds, name
 
 
-def build_masks(config, layer_types, inputs_embeds, attention_mask, past_key_values, position_ids, cache_position):
+def build_masks(config, layer_types, inputs_embeds, attention_mask, cache, position_ids, cache_position):
     """Causal masks for each layer type present, built the way the family's own model builds them."""
-    masking_utils, wants_cache_position, embeds_name = _mask_api()
+    masking_utils, wants_cache_position, embeds_name, cache_name = _mask_api()
     kwargs = {
         "config": config,
         embeds_name: inputs_embeds,
         "attention_mask": attention_mask,
-        "past_key_values": past_key_values,
+        cache_name: cache,
         "position_ids": position_ids,
     }
     if wants_cache_position:

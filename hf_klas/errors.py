@@ -55,3 +55,7 @@ class CheckpointError(HfKlasError):
 
 class VersionError(HfKlasError):
     """A file written by a newer hf_klas than the one reading it."""
+
+
+class UnsupportedTransformersError(HfKlasError):
+    """The installed transformers has an interface hf_klas does not know (e.g. a renamed cache argument)."""

@@ -23,8 +23,11 @@ from .anatomy import (
     build_masks,
     final_logit_softcap,
     find_block_path,
+    layer_cache_argument,
     layer_types_of,
     layers_want_cache_position,
+    one_cache,
+    output_cache_field,
     rotary_embeddings,
     set_layer_index,
 )
@@ -59,7 +62,7 @@ class StitchedPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = False
     _supports_attention_backend = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]  # the cache's name before transformers 5.24
     _no_split_modules = []  # filled per instance from the parts' block classes
 
     def __init__(self, config: StitchedConfig):
@@ -169,6 +172,9 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         self.post_init()
         if config.tie_word_embeddings:
             self.tie_weights()  # post_init does not tie under no_init_weights (how models are allocated)
+        # Fail now, not with wrong text later, if the installed blocks take the cache under an unknown name.
+        for blocks in (self.front_blocks, self.back_blocks):
+            layer_cache_argument(blocks[0])
 
     def get_input_embeddings(self):
         return getattr(self.front, self.anatomy.embed)
@@ -182,18 +188,19 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def _run_blocks(self, part, blocks, layer_types, hidden, masks, position_ids, past_key_values, use_cache,
+    def _run_blocks(self, part, blocks, layer_types, hidden, masks, position_ids, cache, use_cache,
                     cache_position, all_hidden, kwargs):
         fam = self.anatomy
         pe = rotary_embeddings(getattr(part, fam.rotary), anatomy_for(part.config), hidden, position_ids, layer_types)
         extra = {"cache_position": cache_position} if layers_want_cache_position() else {}
         for block, layer_type in zip(blocks, layer_types):
+            # under the name this layer class declares: a name it does not know would vanish in its **kwargs
+            extra[layer_cache_argument(block)] = cache
             out = block(
                 hidden,
                 attention_mask=masks[layer_type],
                 position_embeddings=pe[layer_type],
                 position_ids=position_ids,
-                past_key_values=past_key_values,
                 use_cache=use_cache,
                 **extra,
                 **kwargs,
@@ -203,11 +210,10 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
                 all_hidden.append(hidden)
         return hidden
 
-    def _masks(self, part, layer_types, embeds, attention_mask, past_key_values, position_ids, cache_position):
+    def _masks(self, part, layer_types, embeds, attention_mask, cache, position_ids, cache_position):
         if isinstance(attention_mask, dict):  # prepared by generate() (static caches, sliding layers)
             return attention_mask
-        return build_masks(part.config, layer_types, embeds, attention_mask, past_key_values, position_ids,
-                           cache_position)
+        return build_masks(part.config, layer_types, embeds, attention_mask, cache, position_ids, cache_position)
 
     def _logits_and_loss(self, hidden, labels=None, num_items_in_batch=None):
         """Head on final-normed hidden states, the family's final logit soft-cap (Gemma) and the shifted LM loss;
@@ -227,15 +233,18 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
+        """The cache is taken as ``cache`` (transformers >= 5.24) or ``past_key_values`` (earlier releases) and
+        returned in the output field the installed transformers declares."""
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         kwargs.pop("output_attentions", None)
@@ -249,9 +258,10 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
 
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
-        past_seen = past_key_values.get_seq_length() if past_key_values is not None else 0
+        cache = one_cache(cache, past_key_values)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_seen = cache.get_seq_length() if cache is not None else 0
         if cache_position is None:
             cache_position = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
         if position_ids is None:
@@ -261,15 +271,15 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         # after that would count the new tokens twice.
         parts = ((self.front, self.front_blocks, self.front_layer_types),
                  (self.back, self.back_blocks, self.back_layer_types))
-        masks = [self._masks(part, types, inputs_embeds, attention_mask, past_key_values, position_ids,
-                             cache_position) for part, _, types in parts]
+        masks = [self._masks(part, types, inputs_embeds, attention_mask, cache, position_ids, cache_position)
+                 for part, _, types in parts]
         all_hidden = [inputs_embeds] if output_hidden_states else None
         hidden = inputs_embeds
         for (part, blocks, types), part_masks in zip(parts, masks):
             if part is self.back:
                 hidden = self.stitch(hidden)
-            hidden = self._run_blocks(part, blocks, types, hidden, part_masks, position_ids, past_key_values,
-                                      use_cache, cache_position, all_hidden, kwargs)
+            hidden = self._run_blocks(part, blocks, types, hidden, part_masks, position_ids, cache, use_cache,
+                                      cache_position, all_hidden, kwargs)
         hidden = getattr(self.back, self.anatomy.norm)(hidden)
         if all_hidden is not None:
             all_hidden[-1] = hidden  # transformers convention: the last entry is after the final norm
@@ -279,8 +289,8 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+            **{output_cache_field(CausalLMOutputWithPast): cache if use_cache else None},
         )
 
 

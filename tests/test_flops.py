@@ -24,8 +24,8 @@ from transformers import (
     ViTConfig,
     ViTForImageClassification,
 )
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
+from hf_klas.anatomy import build_masks, find_blocks
 from hf_klas.errors import IncompatibleAnchorsError, StitchPointError, UnknownFamilyError
 from hf_klas.flops import (
     FLOPS_FAMILIES,
@@ -93,9 +93,14 @@ def build(config, attn: str = "eager"):
 
 
 def count(fn, custom_mapping=None) -> int:
+    """FLOPs torch counts for ``fn``, less those inside rotary-embedding modules: hf_klas does not count rotary
+    (a few FLOPs; transformers 5.0 computes the angles with a tiny matmul, later releases with a broadcast)."""
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom_mapping) as counter:
         fn()
-    return counter.get_total_flops()
+    per_module = counter.get_flop_counts()
+    rotary = [k for k in per_module if "rotary" in k.rsplit(".", 1)[-1].lower()]
+    outermost = [k for k in rotary if not any(k != r and k.startswith(r + ".") for r in rotary)]
+    return counter.get_total_flops() - sum(sum(per_module[k].values()) for k in outermost)
 
 
 def ids(config, t: int = T):
@@ -163,9 +168,8 @@ def test_masked_attention_counts_the_pairs_transformers_keeps():
     emb = torch.zeros(1, T, config.hidden_size)
     pos = torch.arange(T)[None]
     kept = {}
-    makers = [("full_attention", create_causal_mask), ("sliding_attention", create_sliding_window_causal_mask)]
-    for kind, make in makers:
-        mask = make(config=config, inputs_embeds=emb, attention_mask=None, past_key_values=None, position_ids=pos)
+    for kind in ("full_attention", "sliding_attention"):
+        mask = build_masks(config, [kind], emb, None, None, pos, torch.arange(T))[kind]
         kept[kind] = int((mask == 0).sum()) if mask.dtype != torch.bool else int(mask.sum())
     assert kept["sliding_attention"] < kept["full_attention"] == T * (T + 1) // 2
     dense = anchor_flops(config, seq_len=T)
@@ -252,13 +256,8 @@ def _compose_llm(front_model, back_model, i, j, x, stitch, head):
 
     def run(part, layers, h):
         rotary_by_type = getattr(part.config, "layer_types", None) and part.config.model_type == "gemma3_text"
-        masks = {
-            "full_attention": create_causal_mask(config=part.config, inputs_embeds=h, attention_mask=None,
-                                                 past_key_values=None, position_ids=pos),
-            "sliding_attention": create_sliding_window_causal_mask(
-                config=part.config, inputs_embeds=h, attention_mask=None, past_key_values=None, position_ids=pos)
-            if getattr(part.config, "sliding_window", None) else None,
-        }
+        kinds = ["full_attention"] + (["sliding_attention"] if getattr(part.config, "sliding_window", None) else [])
+        masks = build_masks(part.config, kinds, h, None, None, pos, pos[0])  # as the installed version builds them
         for layer in layers:
             kind = layer.self_attn.layer_type if hasattr(layer.self_attn, "layer_type") else "full_attention"
             kind = kind or "full_attention"
@@ -301,17 +300,19 @@ def test_composed_vit_stitch():
     i, j = 1, 1
     stitch = nn.Linear(48, 64)
 
+    front_layers, back_layers = find_blocks(front), find_blocks(back)  # the path moved between 5.0 and 5.24
+
     def run():
         h = front.vit.embeddings(pixels())
-        for layer in front.vit.layers[:i]:
+        for layer in front_layers[:i]:
             h = layer(h)
         h = stitch(h)
-        for layer in back.vit.layers[j:]:
+        for layer in back_layers[j:]:
             h = layer(h)
         return back.classifier(back.vit.layernorm(h)[:, 0])
 
     assert count(run) == stitch_flops(front_cfg, back_cfg, i, j).total
-    parts = [front.vit.embeddings, *front.vit.layers[:i], stitch, *back.vit.layers[j:], back.vit.layernorm,
+    parts = [front.vit.embeddings, *front_layers[:i], stitch, *back_layers[j:], back.vit.layernorm,
              back.classifier]
     assert sum(p.numel() for m in parts for p in m.parameters()) == stitch_params(front_cfg, back_cfg, i, j).total
 

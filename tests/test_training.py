@@ -170,11 +170,13 @@ def test_default_lora_targets_are_block_projections(pair):
     cfg = default_lora_config(lm, r=4, alpha=16)
     assert cfg.r == 4 and cfg.lora_alpha == 16 and list(cfg.modules_to_save) == ["stitch"]
     vit = vit_stitch()
-    assert set(default_target_modules(vit)) == {"q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"}
+    block_linears = {n.rsplit(".", 1)[-1] for n, m in vit.front_blocks.named_modules() if isinstance(m, torch.nn.Linear)}
+    # the installed transformers' names (5.24: q_proj .. fc2; 5.0: query, key, value, dense): every block Linear
+    assert set(default_target_modules(vit)) == block_linears and len(block_linears) >= 4
     peft_model = apply_lora(vit, r=2)
     wrapped = {n.split(".lora_")[0] for n, _ in peft_model.named_parameters() if "lora_A" in n}
     assert wrapped and not any("stitch" in n or "classifier" in n for n in wrapped)
-    assert all(".layers." in n for n in wrapped)
+    assert all(".layers." in n or ".layer." in n for n in wrapped)
 
 
 def test_lora_merges_back_to_an_equivalent_plain_stitched_model(pair, tmp_path):
