@@ -34,7 +34,9 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from hf_klas import StitchedModel
 from hf_klas.training import build_trainer, prepare_causal_lm_dataset
-from hf_klas.training.api import load_dataset_arg, load_preprocessor_for, load_stitched, save_finetuned
+from hf_klas.data import get_dataset
+from hf_klas.loading import load_stitched_model, preprocessor_for
+from hf_klas.training import save_finetuned
 
 logger = logging.getLogger(__name__)
 
@@ -88,18 +90,18 @@ class DataTrainingArguments:
 
 def load_model(model_args: ModelArguments):
     if model_args.model_name_or_path:
-        model = load_stitched(model_args.model_name_or_path)
-        return model, load_preprocessor_for(model, model_args.model_name_or_path)
+        model = load_stitched_model(model_args.model_name_or_path)
+        return model, preprocessor_for(model, model_args.model_name_or_path)
     if not model_args.front:
         raise SystemExit("Pass --model_name_or_path, or --front (and --back) with a stitch point or --budget_flops.")
     model = StitchedModel.for_causal_lm(model_args.front, model_args.back, model_args.front_blocks,
                                         model_args.back_start, budget_flops=model_args.budget_flops,
                                         method=model_args.selection_method, stitch_init=model_args.stitch_init)
-    return model, load_preprocessor_for(model)
+    return model, preprocessor_for(model)
 
 
 def load_split(data_args: DataTrainingArguments, split: str, file: str | None, limit: int | None):
-    return load_dataset_arg(file or data_args.dataset_name, split, data_args.dataset_config_name, limit=limit)
+    return get_dataset(file or data_args.dataset_name, split, data_args.dataset_config_name, limit=limit)
 
 
 def main(argv: list[str] | None = None):

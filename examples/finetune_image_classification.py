@@ -32,7 +32,9 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from hf_klas import StitchedModel
 from hf_klas.evaluation import top1_accuracy
 from hf_klas.training import StitchedSupernet, build_trainer, prepare_image_dataset
-from hf_klas.training.api import load_dataset_arg, load_preprocessor_for, load_stitched, save_finetuned
+from hf_klas.data import get_dataset
+from hf_klas.loading import load_stitched_model, preprocessor_for
+from hf_klas.training import save_finetuned
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +86,15 @@ def load_model(model_args: ModelArguments, calibration):
                                             else None, sampling=model_args.sampling)
         return net, getattr(net.core, "_hf_klas_preprocessor", None)
     if model_args.model_name_or_path:
-        model = load_stitched(model_args.model_name_or_path)
-        return model, load_preprocessor_for(model, model_args.model_name_or_path)
+        model = load_stitched_model(model_args.model_name_or_path)
+        return model, preprocessor_for(model, model_args.model_name_or_path)
     if not model_args.front:
         raise SystemExit("Pass --model_name_or_path, --front [--back] with a stitch point / --budget_flops, or --plan.")
     model = StitchedModel.for_image_classification(
         model_args.front, model_args.back, model_args.front_blocks, model_args.back_start,
         budget_flops=model_args.budget_flops, method=model_args.selection_method, calibration=calibration,
         stitch_init=model_args.stitch_init)
-    return model, load_preprocessor_for(model)
+    return model, preprocessor_for(model)
 
 
 def main(argv: list[str] | None = None):
@@ -111,9 +113,9 @@ def main(argv: list[str] | None = None):
     set_seed(training_args.seed)
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False  # pushed below with our model card
 
-    train_raw = (load_dataset_arg(data_args.dataset_name, "train", data_args.dataset_config_name,
+    train_raw = (get_dataset(data_args.dataset_name, "train", data_args.dataset_config_name,
                                   limit=data_args.max_train_samples) if training_args.do_train else None)
-    eval_raw = (load_dataset_arg(data_args.dataset_name, data_args.validation_split_name,
+    eval_raw = (get_dataset(data_args.dataset_name, data_args.validation_split_name,
                                  data_args.dataset_config_name, limit=data_args.max_eval_samples)
                 if training_args.do_eval else None)
     calib_source = train_raw if train_raw is not None else eval_raw

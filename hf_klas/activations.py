@@ -13,7 +13,8 @@ import contextlib
 import torch
 from torch import nn
 
-from .anatomy import anatomy_for, find_blocks, get_base
+from .anatomy import find_blocks, get_base
+from .families import family_of
 
 
 def _first(out):
@@ -27,7 +28,7 @@ def capture_block_outputs(model: nn.Module, upto: int | None = None, stop_early:
     With ``stop_early`` the forward is aborted after block ``upto-1`` (nothing later is computed), which is
     how stitch fitting runs only the prefix of an anchor.
     """
-    fam = anatomy_for(model.config)
+    fam = family_of(model.config)
     base = get_base(model)
     blocks = find_blocks(model)
     n = len(blocks) if upto is None else upto
@@ -53,11 +54,33 @@ class _StopForward(Exception):
     pass
 
 
+def _forward(model: nn.Module, batch: dict):
+    return model(**batch, use_cache=False) if "input_ids" in batch else model(**batch)
+
+
+def output_of(model: nn.Module, module: nn.Module, batch: dict) -> torch.Tensor:
+    """What ``module`` (a submodule of ``model``) outputs on ``batch``; the forward stops right there."""
+    box = {}
+
+    def hook(_m, _i, out):
+        box["x"] = _first(out)
+        raise _StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        _forward(model, batch)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    return box["x"]
+
+
 def run_prefix(model: nn.Module, batch: dict, upto: int | None = None) -> list[torch.Tensor]:
     """Run ``model`` on ``batch`` and return the block outputs up to ``upto`` (all blocks when None)."""
     with capture_block_outputs(model, upto=upto) as outs:
         try:
-            model(**batch, use_cache=False) if "input_ids" in batch else model(**batch)
+            _forward(model, batch)
         except _StopForward:
             pass
     return list(outs)

@@ -1,8 +1,9 @@
-"""Where each supported family keeps its embeddings, blocks, final norm, head and rotary embedding.
+"""Finding a family's embeddings, blocks, final norm, head and rotary embedding in a live model, and calling
+the installed transformers' masks and layers the way its own models do.
 
-Architecture knowledge is *data* (``FAMILIES``), looked up explicitly and failing loudly for an unknown
-``model_type`` -- never guessed. The block list itself is discovered structurally (the ``ModuleList`` whose
-children are the class named in ``_no_split_modules``) because its path moved between transformers
+Architecture knowledge is *data* (:mod:`hf_klas.families`), looked up explicitly and failing loudly for an
+unknown ``model_type`` -- never guessed. The block list itself is discovered structurally (the ``ModuleList``
+whose children are the class named in ``_no_split_modules``) because its path moved between transformers
 releases (ViT: ``encoder.layer`` in 5.0, ``layers`` in 5.23).
 
 This module ships inside stitched checkpoints (``trust_remote_code``): relative imports only.
@@ -13,74 +14,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import IncompatibleAnchorsError, UnknownFamilyError, UnsupportedTransformersError
+from .families import CAUSAL_LM, Family, family_of
 from .version import TRANSFORMERS_RANGE, __version__
-
-CAUSAL_LM = "causal-lm"
-IMAGE_CLASSIFICATION = "image-classification"
-
-
-@dataclass(frozen=True)
-class FamilyAnatomy:
-    """Facts about one family that cannot be discovered from the module tree.
-
-    Paths are attribute names: ``base`` inside the task model (``LlamaForCausalLM.model``), the rest inside
-    the base model (or the task model for ``head``).
-    """
-
-    task: str
-    base: str
-    embed: str
-    norm: str
-    head: str
-    rotary: str | None = None
-    # Gemma-3: one rotary module called with the layer type (local vs global rope).
-    rotary_takes_layer_type: bool = False
-    # Mistral: a global ``sliding_window`` applies to every layer (no ``layer_types`` in its config).
-    global_sliding_window: bool = False
-    # ViT/DeiT: tokens before the patches (CLS, distillation). The classifier reads token 0.
-    prefix_tokens: int = 0
-    # Kwargs the base model class needs to leave out parts we never use (ViT pooler).
-    base_kwargs: dict = field(default_factory=dict)
-
-
-FAMILIES: dict[str, FamilyAnatomy] = {
-    "llama": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
-    "mistral": FamilyAnatomy(
-        CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb", global_sliding_window=True
-    ),
-    "qwen2": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
-    "qwen3": FamilyAnatomy(CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb"),
-    "gemma3_text": FamilyAnatomy(
-        CAUSAL_LM, "model", "embed_tokens", "norm", "lm_head", rotary="rotary_emb", rotary_takes_layer_type=True
-    ),
-    "vit": FamilyAnatomy(
-        IMAGE_CLASSIFICATION, "vit", "embeddings", "layernorm", "classifier", prefix_tokens=1,
-        base_kwargs={"add_pooling_layer": False},
-    ),
-    "deit": FamilyAnatomy(
-        IMAGE_CLASSIFICATION, "deit", "embeddings", "layernorm", "classifier", prefix_tokens=2,
-        base_kwargs={"add_pooling_layer": False},
-    ),
-}
-
-
-def anatomy_for(config) -> FamilyAnatomy:
-    """The anatomy of ``config``'s family, or an error that lists the supported families."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        raise UnknownFamilyError(
-            f"Model type {model_type!r} is not a family hf_klas knows how to stitch "
-            f"(supported: {', '.join(sorted(FAMILIES))}).",
-            "Use anchors of a supported family, or add an entry to hf_klas.anatomy.FAMILIES "
-            "(a FamilyAnatomy naming its base/embed/norm/head attributes) with a test.",
-        )
-    return FAMILIES[model_type]
 
 
 def layer_types_of(config) -> list[str]:
@@ -89,8 +29,7 @@ def layer_types_of(config) -> list[str]:
     types = getattr(config, "layer_types", None)
     if types:
         return list(types)[:n]
-    fam = FAMILIES.get(getattr(config, "model_type", None))
-    if fam is not None and fam.global_sliding_window and getattr(config, "sliding_window", None):
+    if family_of(config).global_sliding_window and getattr(config, "sliding_window", None):
         return ["sliding_attention"] * n
     return ["full_attention"] * n
 
@@ -132,19 +71,19 @@ def find_block_path(model: nn.Module) -> str:
 
 def get_base(model: nn.Module, config=None) -> nn.Module:
     """The base model inside a task model (``LlamaForCausalLM.model``); a base model is returned as is."""
-    fam = anatomy_for(config if config is not None else model.config)
+    fam = family_of(config if config is not None else model.config)
     return getattr(model, fam.base, model)
 
 
 def get_final_norm(model: nn.Module) -> nn.Module:
     """The family's final norm -- explicit lookup, failing if absent (no heuristics)."""
-    fam = anatomy_for(model.config)
+    fam = family_of(model.config)
     base = get_base(model)
     norm = getattr(base, fam.norm, None)
     if not isinstance(norm, nn.Module):
         raise UnknownFamilyError(
             f"{type(model).__name__} has no final norm at '{fam.base}.{fam.norm}'.",
-            "The installed transformers version moved it; update hf_klas.anatomy.FAMILIES.",
+            "The installed transformers version moved it; update its record in hf_klas/families.py.",
         )
     return norm
 
@@ -152,7 +91,7 @@ def get_final_norm(model: nn.Module) -> nn.Module:
 def get_head(model: nn.Module) -> nn.Linear:
     """The unembedding / classifier. For a causal LM without ``lm_head`` (a base model), the tied input
     embedding is returned wrapped as a Linear view so a logit lens still works."""
-    fam = anatomy_for(model.config)
+    fam = family_of(model.config)
     head = getattr(model, fam.head, None)
     if isinstance(head, nn.Linear):
         return head
@@ -171,7 +110,7 @@ def get_head(model: nn.Module) -> nn.Linear:
 
 def ties_embeddings(config) -> bool:
     """Whether a causal LM's head is its input embedding matrix (SmolLM2, Gemma-3, Llama-3.2-1B/3B)."""
-    return anatomy_for(config).task == CAUSAL_LM and bool(getattr(config, "tie_word_embeddings", False))
+    return family_of(config).task == CAUSAL_LM and bool(getattr(config, "tie_word_embeddings", False))
 
 
 def final_logit_softcap(config) -> float | None:
@@ -179,9 +118,9 @@ def final_logit_softcap(config) -> float | None:
     return getattr(config, "final_logit_softcapping", None)
 
 
-def check_compatible(front_config, back_config) -> FamilyAnatomy:
+def check_compatible(front_config, back_config) -> Family:
     """Refuse pairs that cannot be stitched; returns the shared task anatomy."""
-    ff, fb = anatomy_for(front_config), anatomy_for(back_config)
+    ff, fb = family_of(front_config), family_of(back_config)
     if ff.task != fb.task:
         raise IncompatibleAnchorsError(
             f"The front anchor is a {ff.task} model ({front_config.model_type}) and the back anchor a "
@@ -317,7 +256,7 @@ def layers_want_cache_position() -> bool:
     return _mask_api()[1]
 
 
-def rotary_embeddings(rotary: nn.Module, fam: FamilyAnatomy, hidden: torch.Tensor, position_ids, layer_types):
+def rotary_embeddings(rotary: nn.Module, fam: Family, hidden: torch.Tensor, position_ids, layer_types):
     """Position embeddings per layer type (one tuple shared by all types for single-rope families)."""
     if fam.rotary_takes_layer_type:
         return {t: rotary(hidden, position_ids, t) for t in set(layer_types)}

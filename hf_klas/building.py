@@ -8,25 +8,28 @@ fitted by streamed least squares on calibration activations (front block-``i`` o
 
 from __future__ import annotations
 
-import logging
+import copy
 import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 from transformers.initialization import no_init_weights
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .activations import _StopForward, run_prefix
-from .anatomy import CAUSAL_LM, IMAGE_CLASSIFICATION, anatomy_for, find_block_path, ties_embeddings
+from .activations import output_of, run_prefix
+from .anatomy import find_block_path, ties_embeddings
 from .calibration import calibration_batches
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError, IncompatibleAnchorsError
+from .families import CAUSAL_LM, IMAGE_CLASSIFICATION, family_of
+from .flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
 from .loading import Anchor, resolve_anchor, same_anchor
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
+from .selection.api import select_for_budget
 from .stitch_init import LeastSquaresAccumulator
-
-logger = logging.getLogger(__name__)
 
 TASK_CLASSES = {CAUSAL_LM: StitchedModelForCausalLM, IMAGE_CLASSIFICATION: StitchedModelForImageClassification}
 
@@ -40,7 +43,7 @@ class WeightSource:
 
 def plan_weight_sources(model: nn.Module, config: StitchedConfig) -> dict[str, WeightSource | None]:
     """For each stitched tensor, which anchor tensor it is (None: owned by the stitch, computed here)."""
-    fam_f, fam_b = anatomy_for(config.front_config), anatomy_for(config.back_config)
+    fam_f, fam_b = family_of(config.front_config), family_of(config.back_config)
     out: dict[str, WeightSource | None] = {}
     for role, part, fam, offset in (("front", model.front, fam_f, 0), ("back", model.back, fam_b, config.back_start)):
         block_path = find_block_path(part)
@@ -60,19 +63,13 @@ def plan_weight_sources(model: nn.Module, config: StitchedConfig) -> dict[str, W
     return out
 
 
-def _reader_with_fallback(anchor: Anchor):
-    """Lazy reader; if the checkpoint uses legacy tensor names, fall back to transformers' own loading."""
-    reader = anchor.state_dict_source()
-    return reader
-
-
 @torch.no_grad()
 def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor, back: Anchor) -> dict:
-    """Copy every anchor-owned tensor into ``model``; returns ``{"front": names_read, "back": names_read}``."""
-    readers = {"front": _reader_with_fallback(front), "back": _reader_with_fallback(back)}
+    """Copy every anchor-owned tensor into ``model``, one tensor at a time; returns
+    ``{"front": names_read, "back": names_read}``."""
+    readers = {"front": front.state_dict_source(), "back": back.state_dict_source()}
     anchors = {"front": front, "back": back}
     state = model.state_dict()
-    full_models: dict[str, dict] = {}
     for key, src in plan_weight_sources(model, config).items():
         if src is None:
             continue
@@ -80,25 +77,14 @@ def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor,
         name = src.name
         if name not in reader and src.fallback is not None and src.fallback in reader:
             name = src.fallback
+        if name not in reader:
+            raise HfKlasError(f"Tensor {name!r} was not found in anchor {anchors[src.anchor].name_or_path}.",
+                              "Check that the anchor is a complete checkpoint of a supported family (a layout "
+                              "this family's record in hf_klas/families.py does not map?).")
         target = state[key]
-        if name in reader:
-            tensor = reader.get(name, out=target)
-            if tensor is target:
-                continue
-        else:
-            # Checkpoint names differ from module names (a legacy layout transformers renames on load):
-            # load the anchor through transformers once and read module names from it.
-            if src.anchor not in full_models:
-                logger.warning("Anchor %s has legacy tensor names; loading it fully to map them.",
-                               anchors[src.anchor].name_or_path)
-                full_models[src.anchor] = anchors[src.anchor].load_full().state_dict()
-            sd = full_models[src.anchor]
-            if name not in sd and src.fallback in sd:
-                name = src.fallback
-            if name not in sd:
-                raise HfKlasError(f"Tensor {name!r} was not found in anchor {anchors[src.anchor].name_or_path}.",
-                                  "Check that the anchor is a complete checkpoint of a supported family.")
-            tensor = sd[name]
+        tensor = reader.get(name, out=target)
+        if tensor is target:
+            continue
         if tensor.shape != target.shape:
             raise IncompatibleAnchorsError(
                 f"Tensor {name} of the {src.anchor} anchor has shape {tuple(tensor.shape)}, expected "
@@ -112,48 +98,31 @@ def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor,
     return names
 
 
-def _front_outputs(model, batch) -> torch.Tensor:
-    """Output of the last front block of a stitched model (stops the forward right there)."""
-    box = {}
-
-    def hook(_m, _i, out):
-        box["x"] = out[0] if isinstance(out, tuple) else out
-        raise _StopForward
-
-    handle = model.front_blocks[-1].register_forward_hook(hook)
-    try:
-        model(**batch, **({"use_cache": False} if "input_ids" in batch else {}))
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
-    return box["x"]
-
-
 def build_back_prefix(back: Anchor, upto: int) -> nn.Module:
     """The back anchor's embeddings + first ``upto`` blocks (what produces the input of block ``upto``)."""
     if back.model is not None:
         return back.model
-    from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-    import copy
 
     cfg = copy.deepcopy(back.config)
     keep = max(upto, 1)
     cfg.num_hidden_layers = keep
     if getattr(cfg, "layer_types", None) is not None:
         cfg.layer_types = list(cfg.layer_types)[:keep]
-    fam = anatomy_for(cfg)
+    fam = family_of(cfg)
     with no_init_weights():
-        prefix = MODEL_MAPPING[type(cfg)](cfg, **fam.base_kwargs)
+        prefix = MODEL_MAPPING[type(cfg)](cfg, **dict(fam.base_kwargs))
     reader = back.state_dict_source()
     state = prefix.state_dict()
     with torch.no_grad():
         for key, target in state.items():
             name = f"{fam.base}.{key}"
             if name not in reader:
-                return back.load_full()  # legacy names: let transformers map them
-            target.copy_(reader.get(name).to(target.dtype))
+                raise HfKlasError(f"Tensor {name!r} was not found in anchor {back.name_or_path}.",
+                                  "Check that the anchor is a complete checkpoint of a supported family.")
+            tensor = reader.get(name, out=target)
+            if tensor is not target:
+                target.copy_(tensor.to(target.dtype))
     reader.close()
     prefix.eval()
     return prefix
@@ -170,7 +139,7 @@ def fit_stitch(model, back: Anchor, batches: list[dict], ridge: float = 1e-4, pr
     model.eval()
     held_out = None
     for k, batch in enumerate(tqdm(batches, desc="fit stitch (least squares)", disable=not progress)):
-        x = _front_outputs(model, batch)
+        x = output_of(model, model.front_blocks[-1], batch)
         y = run_prefix(prefix, batch, upto=j)[j]
         mask = batch.get("attention_mask")
         if k == len(batches) - 1 and len(batches) > 1:
@@ -228,23 +197,33 @@ class StitchedModel:
                 the documented offline default.
             stitch_init: ``"least_squares"`` (SN-Net's fit, streamed) or ``"identity"``.
         """
+        if stitch_init not in ("least_squares", "identity"):
+            raise HfKlasError(f"Unknown stitch_init {stitch_init!r}.", "Use 'least_squares' or 'identity'.")
         front_anchor = resolve_anchor(front, revision=revision)
         back_anchor = front_anchor if back is None else resolve_anchor(back, revision=revision)
         recipe = {"stitch_init": stitch_init, "ridge": ridge}
-        if front_blocks is None or back_start is None:
+        explicit = front_blocks is not None or back_start is not None
+        if explicit and (budget_flops is not None or plan is not None):
+            raise HfKlasError(
+                f"Both an explicit stitch point (front_blocks={front_blocks}, back_start={back_start}) and "
+                f"{'budget_flops' if budget_flops is not None else 'plan'} were given; it is unclear which decides.",
+                "Pass front_blocks and back_start to build that stitch, or budget_flops (with an optional plan) to "
+                "let the selector choose -- not both.")
+        if explicit and (front_blocks is None or back_start is None):
+            raise HfKlasError(f"Only one of front_blocks / back_start was given ({front_blocks}, {back_start}).",
+                              "Pass both front_blocks=i and back_start=j, or neither (with budget_flops=...).")
+        if not explicit:
             if budget_flops is None and plan is None:
                 raise HfKlasError(
                     "Neither a stitch point (front_blocks, back_start) nor a budget was given.",
                     "Pass front_blocks=i and back_start=j, or budget_flops=<FLOPs or fraction of the back anchor>.",
                 )
-            from .selection.api import select_for_budget
-
             chosen, plan = select_for_budget(front_anchor, back_anchor, budget_flops=budget_flops,
                                              calibration=calibration, method=method, plan=plan,
                                              progress=progress, **selector_kwargs)
             front_blocks, back_start = chosen.front_blocks, chosen.back_start
             recipe.update({"selection_method": plan.method, "budget_flops": budget_flops,
-                           "selection_score": chosen.gamma})
+                           "selection_score": chosen.score})
         model = build_stitched(front_anchor, back_anchor, front_blocks, back_start, dtype=dtype)
         model.config.recipe = recipe
         if stitch_init == "least_squares":
@@ -254,8 +233,6 @@ class StitchedModel:
             model.config.recipe["stitch_fit"] = fit_stitch(model, back_anchor, batches, ridge=ridge,
                                                            progress=progress)
             model.config.recipe["calibration"] = "default (hf_klas.calibration)" if calibration is None else "user"
-        elif stitch_init != "identity":
-            raise HfKlasError(f"Unknown stitch_init {stitch_init!r}.", "Use 'least_squares' or 'identity'.")
         if plan is not None:
             model.stitch_plan = plan
         return model
@@ -293,17 +270,15 @@ def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: i
     load_anchor_weights(model, config, front, back)
     _init_owned(model)
     model.config.stitch_info = stitch_info(config)
-    _copy_generation_config(model, back)
+    copy_generation_config(model, back)
     model._hf_klas_preprocessor = back.load_preprocessor() or front.load_preprocessor()
     model.config.name_or_path = f"stitched({front.name_or_path}[:{front_blocks}] -> {back.name_or_path}[{back_start}:])"
     model.eval()
     return model
 
 
-def stitch_info(config: StitchedConfig, seq_len: int = 128) -> dict:
+def stitch_info(config: StitchedConfig, seq_len: int = DEFAULT_SEQ_LEN) -> dict:
     """FLOPs and params of this configuration (recorded in the config and the model card)."""
-    from .flops import stitch_flops, stitch_params
-
     f, b, i, j = config.front_config, config.back_config, config.front_blocks, config.back_start
     is_lm = config.task == CAUSAL_LM
     flops = stitch_flops(f, b, i, j, seq_len=seq_len if is_lm else None)
@@ -320,13 +295,12 @@ def _init_owned(model):
         model.stitch.bias.zero_()
 
 
-def _copy_generation_config(model, back: Anchor) -> None:
+def copy_generation_config(model, back: Anchor) -> None:
+    """The back anchor's generation settings (EOS, sampling defaults) on the stitched model."""
     if not hasattr(model, "generation_config") or model.generation_config is None:
         return
     src = getattr(back.model, "generation_config", None)
     if src is None and back.directory is not None and (back.directory / "generation_config.json").is_file():
-        from transformers import GenerationConfig
-
         src = GenerationConfig.from_pretrained(back.directory)
     if src is not None:
         model.generation_config = src

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from pathlib import Path
 
+import datasets
 import torch
 
-from .anatomy import CAUSAL_LM, anatomy_for
+from .data.fashion_mnist import load_fashion_mnist
 from .errors import CalibrationError
+from .families import CAUSAL_LM, family_of
+from .flops import DEFAULT_SEQ_LEN
 
 DEFAULT_TEXT_MODULES = (
     "json", "csv", "argparse", "collections", "functools", "itertools", "pathlib", "logging", "unittest",
@@ -52,8 +56,6 @@ def default_calibration_texts(limit: int = 64, min_chars: int = 200) -> list[str
 
 
 def default_calibration_images(processor, limit: int = 256) -> list[torch.Tensor]:
-    from .data.fashion_mnist import load_fashion_mnist
-
     ds = load_fashion_mnist("test", limit=limit)
     return [_images_to_pixels(processor, ds["image"])]
 
@@ -70,22 +72,38 @@ def _batched(rows: list[torch.Tensor], batch_size: int):
         yield rows[k:k + batch_size]
 
 
-def calibration_batches(calibration, config, preprocessor=None, batch_size: int = 8, max_length: int = 128,
-                        max_samples: int | None = None) -> list[dict]:
-    """Batches of model inputs for ``config``'s task; raises :class:`CalibrationError` for empty/odd data."""
-    task = anatomy_for(config).task
+def calibration_batches(calibration, config, preprocessor=None, batch_size: int = 8,
+                        max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = None) -> list[dict]:
+    """Batches of model inputs for ``config``'s task; raises :class:`CalibrationError` for empty/odd data and
+    token ids the anchor's vocabulary does not have."""
+    batches = _batches(calibration, config, preprocessor, batch_size, max_length, max_samples)
+    if family_of(config).task == CAUSAL_LM:
+        vocab = int(config.vocab_size)
+        for batch in batches:
+            ids = batch.get("input_ids")
+            if ids is None or ids.numel() == 0:
+                continue
+            lo, hi = int(ids.min()), int(ids.max())
+            if lo < 0 or hi >= vocab:
+                bad = hi if hi >= vocab else lo
+                name = getattr(config, "_name_or_path", None) or config.model_type
+                raise CalibrationError(
+                    f"Calibration token id {bad} is outside the vocabulary of anchor {name!r} ({vocab} tokens, "
+                    f"ids 0..{vocab - 1}).",
+                    "Tokenise the calibration text with the anchor's own tokenizer, or pass strings (hf_klas "
+                    "tokenises them with it).")
+    return batches
+
+
+def _batches(calibration, config, preprocessor, batch_size, max_length, max_samples) -> list[dict]:
+    task = family_of(config).task
     if calibration is None:
         if task == CAUSAL_LM:
             calibration = default_calibration_texts()
         else:
             calibration = default_calibration_images(preprocessor)
-    try:
-        import datasets
-
-        if isinstance(calibration, datasets.Dataset):
-            calibration = _from_dataset(calibration, task, preprocessor)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(calibration, datasets.Dataset):
+        calibration = _from_dataset(calibration, task, preprocessor)
     if isinstance(calibration, torch.Tensor):
         calibration = [calibration]
     if not isinstance(calibration, (list, tuple)) or len(calibration) == 0:
@@ -155,3 +173,24 @@ def _image_batches(items, processor, batch_size):
     if len(pixels) == 0:
         raise CalibrationError("The calibration images are empty.", "Pass at least one image.")
     return [{"pixel_values": pixels[k:k + batch_size]} for k in range(0, len(pixels), batch_size)]
+
+
+def calibration_from_path(value):
+    """A ``--calibration PATH`` (a .txt file, one sample per line; .json/.jsonl; a ``save_to_disk``
+    directory) as data :func:`calibration_batches` accepts; None -> the offline default."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, (str, Path)):
+        return value
+    path = Path(value)
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    if not path.is_file():
+        raise CalibrationError(f"Calibration path {path} does not exist.",
+                               "Pass a .txt/.json/.jsonl file or a datasets directory, or omit it for the default.")
+    if path.suffix in (".json", ".jsonl"):
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    if not lines:
+        raise CalibrationError(f"Calibration file {path} is empty.", "Put one calibration text per line.")
+    return lines

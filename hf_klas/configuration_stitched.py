@@ -14,12 +14,14 @@ import copy
 
 from transformers import AutoConfig, PretrainedConfig
 
-from .anatomy import CAUSAL_LM, anatomy_for, check_compatible, layer_types_of, ties_embeddings
+from .anatomy import check_compatible, layer_types_of, ties_embeddings
 from .errors import IncompatibleAnchorsError, StitchPointError, VersionError
+from .families import CAUSAL_LM, family_of
 from .version import __version__
 
 
-def _as_config(value):
+def as_config(value):
+    """A transformers config from a config or its ``to_dict()`` (which names its ``model_type``)."""
     if value is None or isinstance(value, PretrainedConfig):
         return value
     if isinstance(value, dict):
@@ -92,8 +94,8 @@ class StitchedConfig(PretrainedConfig):
                 f"{__version__}; it may use fields this version would misread.",
                 f"Upgrade hf_klas (pip install -U 'hf-klas>={hf_klas_version}').",
             )
-        self.front_config = _as_config(front_config)
-        self.back_config = _as_config(back_config)
+        self.front_config = as_config(front_config)
+        self.back_config = as_config(back_config)
         self.front_blocks = front_blocks
         self.back_start = back_start
         self.stitch_bias = stitch_bias
@@ -162,7 +164,7 @@ class StitchedConfig(PretrainedConfig):
 
     @property
     def anatomy(self):
-        return anatomy_for(self.back_config)
+        return family_of(self.back_config)
 
     def to_dict(self):
         out = super().to_dict()

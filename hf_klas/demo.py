@@ -23,7 +23,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .building import StitchedModel
+from .data.debian_descriptions import load_debian_descriptions
+from .data.fashion_mnist import load_fashion_mnist, with_pixel_values
 from .errors import HfKlasError
+from .evaluation import (
+    ParetoPoint,
+    first_lines,
+    generate_texts,
+    load_rouge,
+    perplexity,
+    plot_pareto,
+    top1_accuracy,
+    write_pareto_table,
+)
+from .flops import DEFAULT_SEQ_LEN, anchor_flops
+from .loading import resolve_anchor
+from .selection.api import compute_plan, select_anchors, select_for_budget
+from .training.data import prepare_causal_lm_dataset, prepare_image_dataset
+from .training.finetune import build_trainer
+from .training.lora import merge_lora
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +108,6 @@ def _training_args(out: str, steps: int, lr: float, batch: int, seed: int):
 
 # --- (a) ViT -------------------------------------------------------------------------------------------------
 def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
-    from .building import StitchedModel
-    from .data.fashion_mnist import load_fashion_mnist, with_pixel_values
-    from .evaluation import ParetoPoint, plot_pareto, top1_accuracy, write_pareto_table
-    from .flops import anchor_flops
-    from .loading import resolve_anchor
-    from .selection.api import compute_plan, select_anchors
-    from .training.finetune import build_trainer, prepare_image_dataset
-
     anchors = {name: resolve_anchor(name) for name in VIT_ZOO}
     test = with_pixel_values(load_fashion_mnist("test", limit=sizes["vit_test_images"] + sizes["vit_calibration_images"]))
     calib_ds = test.select(range(sizes["vit_test_images"], len(test)))  # disjoint from the evaluation images
@@ -146,7 +157,7 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         points.append(ParetoPoint(name=name, flops=c.flops, params=model.config.stitch_info.get("params", 0),
                                   metric=acc1, kind="stitch", selector="klas",
                                   config={"front_blocks": c.front_blocks, "back_start": c.back_start}))
-        rows.append({"model": name, "kind": "stitch", "flops": c.flops, "gamma": c.gamma,
+        rows.append({"model": name, "kind": "stitch", "flops": c.flops, "gamma": c.score,
                      "accuracy_init": acc0, "accuracy": acc1})
     fmin = min(p.flops for p in points if p.name == front_name)
     fmax = min(p.flops for p in points if p.name == back_name)
@@ -161,14 +172,6 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
 
 # --- (b) LLM -------------------------------------------------------------------------------------------------
 def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
-    from .building import StitchedModel
-    from .data.debian_descriptions import load_debian_descriptions
-    from .evaluation import first_lines, generate_texts, load_rouge, perplexity
-    from .flops import anchor_flops
-    from .loading import resolve_anchor
-    from .selection.api import select_for_budget
-    from .training.finetune import build_trainer, prepare_causal_lm_dataset
-
     anchor = resolve_anchor("smollm2-135m")
     tok = anchor.load_preprocessor()
     test = load_debian_descriptions("test", limit=sizes["llm_eval_examples"])
@@ -201,14 +204,12 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         args = _training_args(tmp, steps=sizes["llm_finetune_steps"], lr=2e-4, batch=4, seed=opts.seed)
         trainer = build_trainer(model, args, ds, mode="lora", lora_r=16, processing_class=tok)
         trainer.train()
-        from .training.lora import merge_lora
-
         model = merge_lora(trainer.model)
     rows.append(evaluate(model, f"{label} after {sizes['llm_finetune_steps']} LoRA steps"))
-    full = anchor_flops(anchor.config, seq_len=128).total
+    full = anchor_flops(anchor.config, seq_len=DEFAULT_SEQ_LEN).total
     return {"budget": opts.llm_budget, "chosen": {"front_blocks": chosen.front_blocks, "back_start": chosen.back_start,
                                                    "flops": chosen.flops, "flops_fraction": chosen.flops / full,
-                                                   "gamma": chosen.gamma},
+                                                   "gamma": chosen.score},
             "rows": rows, "eval_examples": len(test), "finetune_steps": sizes["llm_finetune_steps"]}
 
 
@@ -267,3 +268,8 @@ def _json_default(x):
     if isinstance(x, torch.Tensor):
         return x.tolist()
     return str(x)
+
+
+def cli_options(run_name: str, argv: list[str]) -> list[type]:
+    """The dataclasses whose fields are ``hf-klas demo``'s flags."""
+    return [DemoOptions]

@@ -41,7 +41,7 @@ Counting conventions (the same numbers everywhere in hf_klas):
 Parts of a stitch configuration ``(front_blocks=i, back_start=j)``: front embeddings, front blocks
 ``0..i-1``, the stitch ``Linear(d_f -> d_g, bias)`` on every token, back blocks ``j..n-1``, back final norm and
 head. Family facts that the config does not state (gated MLP, which biases exist, q/k norm, prefix tokens)
-are data in :data:`FLOPS_FAMILIES`, never guessed: an unknown ``model_type`` raises
+are data in :mod:`hf_klas.families`, never guessed: an unknown ``model_type`` raises
 :class:`~hf_klas.errors.UnknownFamilyError`.
 """
 
@@ -51,15 +51,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import HfKlasError, IncompatibleAnchorsError, StitchPointError, UnknownFamilyError
+from .errors import HfKlasError, IncompatibleAnchorsError, StitchPointError
+from .families import CAUSAL_LM, Family, family_of
 
 __all__ = [
     "DEFAULT_SEQ_LEN",
-    "FLOPS_FAMILIES",
-    "FamilyFlopsFacts",
     "FlopsBreakdown",
     "ParamsBreakdown",
-    "family_of",
     "anchor_flops",
     "anchor_params",
     "stitch_flops",
@@ -71,78 +69,12 @@ __all__ = [
     "cpu_sdpa_flop_formulas",
 ]
 
-CAUSAL_LM = "causal-lm"
-IMAGE_CLASSIFICATION = "image-classification"
-
-#: Sequence length used when an LLM cost is asked for without ``seq_len``: a typical prompt+answer length in
-#: the finetuning/evaluation recipes. Pass your own; the quadratic attention term makes FLOPs depend on it.
-DEFAULT_SEQ_LEN = 512
+#: Sequence length used when an LLM cost is asked for without ``seq_len``: the calibration length, what the
+#: selector counts budgets at and what stitched configs record. Pass your own; the quadratic attention term
+#: makes FLOPs depend on it.
+DEFAULT_SEQ_LEN = 128
 
 ATTENTION_MODES = ("dense", "masked")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Family facts (data)
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FamilyFlopsFacts:
-    """What the cost model needs to know about a family beyond its config's numbers.
-
-    A bias field is ``True``/``False`` when the modeling code hard-codes it (Qwen2's q/k/v bias, ViT's output
-    bias) or the name of the config attribute that switches it (``"attention_bias"``, ``"mlp_bias"``).
-    """
-
-    model_type: str
-    kind: str
-    gated_mlp: bool  # gate_proj/up_proj/down_proj (3 matrices) vs fc1/fc2 (2 matrices)
-    qk_norm: bool  # per-head RMSNorm on q and k (Qwen3, Gemma-3): head_dim params each
-    norms_per_block: int  # Gemma-3 has pre/post norms around attention and MLP (4), the rest 2
-    norm_bias: bool  # LayerNorm (weight + bias) vs RMSNorm (weight only)
-    qkv_bias: bool | str
-    o_bias: bool | str
-    mlp_bias: bool | str
-    prefix_tokens: int = 0  # ViT: CLS; DeiT: CLS + distillation
-    global_sliding_window: bool = False  # Mistral: config.sliding_window applies to every layer
-
-
-FLOPS_FAMILIES: dict[str, FamilyFlopsFacts] = {
-    "llama": FamilyFlopsFacts("llama", CAUSAL_LM, True, False, 2, False,
-                              "attention_bias", "attention_bias", "mlp_bias"),
-    "mistral": FamilyFlopsFacts("mistral", CAUSAL_LM, True, False, 2, False, False, False, False,
-                                global_sliding_window=True),
-    "qwen2": FamilyFlopsFacts("qwen2", CAUSAL_LM, True, False, 2, False, True, False, False),
-    "qwen3": FamilyFlopsFacts("qwen3", CAUSAL_LM, True, True, 2, False,
-                              "attention_bias", "attention_bias", False),
-    "gemma3_text": FamilyFlopsFacts("gemma3_text", CAUSAL_LM, True, True, 4, False,
-                                    "attention_bias", "attention_bias", False),
-    "vit": FamilyFlopsFacts("vit", IMAGE_CLASSIFICATION, False, False, 2, True, "qkv_bias", True, True,
-                            prefix_tokens=1),
-    "deit": FamilyFlopsFacts("deit", IMAGE_CLASSIFICATION, False, False, 2, True, "qkv_bias", True, True,
-                             prefix_tokens=2),
-}
-
-
-def _as_config(obj):
-    """Accept a config or anything carrying one (a model), so callers can pass what they have."""
-    if getattr(obj, "model_type", None) is None and getattr(obj, "config", None) is not None:
-        return obj.config
-    return obj
-
-
-def family_of(config) -> FamilyFlopsFacts:
-    """The cost facts for ``config.model_type``; an unknown type fails loudly rather than being guessed."""
-    config = _as_config(config)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FLOPS_FAMILIES:
-        raise UnknownFamilyError(
-            f"hf_klas.flops cannot count FLOPs/params for model type {model_type!r} "
-            f"(supported: {', '.join(sorted(FLOPS_FAMILIES))}).",
-            "Use an anchor of a supported family, or add a FamilyFlopsFacts entry to "
-            "hf_klas.flops.FLOPS_FAMILIES and a test that compares it with FlopCounterMode.",
-        )
-    return FLOPS_FAMILIES[model_type]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,7 +139,7 @@ def _flag(config, rule) -> bool:
 class _Shape:
     """The numbers of one anchor, resolved once (head_dim, GQA, biases, per-layer attention kinds)."""
 
-    facts: FamilyFlopsFacts
+    facts: Family
     hidden: int
     layers: int
     heads: int
@@ -231,7 +163,7 @@ class _Shape:
 
 
 def _shape(config) -> _Shape:
-    config = _as_config(config)
+    config = getattr(config, "config", config) if getattr(config, "model_type", None) is None else config  # a model
     facts = family_of(config)
     hidden = int(config.hidden_size)
     layers = int(config.num_hidden_layers)
@@ -250,9 +182,9 @@ def _shape(config) -> _Shape:
         qkv_bias=_flag(config, facts.qkv_bias), o_bias=_flag(config, facts.o_bias),
         mlp_bias=_flag(config, facts.mlp_bias), layer_types=types,
         window=int(window) if window else None,
-        causal=facts.kind == CAUSAL_LM and not getattr(config, "use_bidirectional_attention", False),
+        causal=facts.task == CAUSAL_LM and not getattr(config, "use_bidirectional_attention", False),
     )
-    if facts.kind == CAUSAL_LM:
+    if facts.task == CAUSAL_LM:
         shape.vocab = int(config.vocab_size)
         shape.tied = bool(getattr(config, "tie_word_embeddings", False))
     else:
@@ -266,7 +198,7 @@ def _shape(config) -> _Shape:
 def _tokens(shape: _Shape, seq_len, image_size) -> int:
     """Tokens the blocks see: ``seq_len`` for an LLM, prefix + patches for a ViT (``seq_len`` is ignored
     there, so one call signature serves both kinds)."""
-    if shape.facts.kind == CAUSAL_LM:
+    if shape.facts.task == CAUSAL_LM:
         t = DEFAULT_SEQ_LEN if seq_len is None else int(seq_len)
     else:
         h, w = _pair(image_size) if image_size is not None else shape.image
@@ -323,7 +255,7 @@ def _block_flops(shape: _Shape, t: int, attention: str) -> tuple[list[int], list
 
 def _embed_flops(shape: _Shape, t: int) -> int:
     """An embedding lookup is no matmul; a ViT's patch embedding is a stride-p convolution."""
-    if shape.facts.kind == CAUSAL_LM:
+    if shape.facts.task == CAUSAL_LM:
         return 0
     patches = t - shape.facts.prefix_tokens
     return 2 * patches * shape.hidden * shape.channels * shape.patch[0] * shape.patch[1]
@@ -331,7 +263,7 @@ def _embed_flops(shape: _Shape, t: int) -> int:
 
 def _head_flops(shape: _Shape, t: int, logits_positions) -> int:
     """The final norm is not a matmul; the LM head runs on the kept positions, the classifier on CLS."""
-    if shape.facts.kind == CAUSAL_LM:
+    if shape.facts.task == CAUSAL_LM:
         keep = t if not logits_positions else min(int(logits_positions), t)
         return 2 * keep * shape.hidden * shape.vocab
     return 2 * shape.hidden * shape.num_labels
@@ -349,10 +281,10 @@ def anchor_flops(config, seq_len=None, image_size=None, logits_positions=None,
 
 
 def _check_pair(front: _Shape, back: _Shape, tf: int, tb: int):
-    if front.facts.kind != back.facts.kind:
+    if front.facts.task != back.facts.task:
         raise IncompatibleAnchorsError(
-            f"The front anchor is a {front.facts.kind} model ({front.facts.model_type}) and the back anchor a "
-            f"{back.facts.kind} model ({back.facts.model_type}); their costs cannot be joined.",
+            f"The front anchor is a {front.facts.task} model ({front.facts.model_type}) and the back anchor a "
+            f"{back.facts.task} model ({back.facts.model_type}); their costs cannot be joined.",
             "Stitch two language models or two vision models.",
         )
     if tf != tb:
@@ -435,7 +367,7 @@ def _block_params(shape: _Shape) -> int:
 
 
 def _embed_params(shape: _Shape) -> int:
-    if shape.facts.kind == CAUSAL_LM:
+    if shape.facts.task == CAUSAL_LM:
         return shape.vocab * shape.hidden
     d = shape.hidden
     patches = (shape.image[0] // shape.patch[0]) * (shape.image[1] // shape.patch[1])
@@ -449,7 +381,7 @@ def _head_params(shape: _Shape, untie: bool) -> int:
     """Final norm + head; a tied LM head is already counted in the embeddings unless ``untie``."""
     d = shape.hidden
     norm = d * (2 if shape.facts.norm_bias else 1)
-    if shape.facts.kind == CAUSAL_LM:
+    if shape.facts.task == CAUSAL_LM:
         return norm + (0 if shape.tied and not untie else shape.vocab * d)
     return norm + (d * shape.num_labels + shape.num_labels if shape.num_labels > 0 else 0)
 
@@ -469,7 +401,7 @@ def stitch_params(front_config, back_config, front_blocks: int, back_start: int,
     front, back = _shape(front_config), _shape(back_config)
     i, j = int(front_blocks), int(back_start)
     _check_point(front, back, i, j)
-    if front.facts.kind != back.facts.kind:
+    if front.facts.task != back.facts.task:
         _check_pair(front, back, 0, 0)
     return ParamsBreakdown(
         embed=_embed_params(front), blocks=[_block_params(front)] * i + [_block_params(back)] * (back.layers - j),
@@ -481,7 +413,7 @@ def stitch_grid_params(front_config, back_config, tied_head: bool = False) -> np
     """Parameters of every configuration as an int64 ``[m, n]`` array: entry ``[i-1, j]`` is ``(i, j)``
     (``tied_head``: as :func:`stitch_params`)."""
     front, back = _shape(front_config), _shape(back_config)
-    if front.facts.kind != back.facts.kind:
+    if front.facts.task != back.facts.task:
         _check_pair(front, back, 0, 0)
     return _grid(_embed_params(front), [_block_params(front)] * front.layers,
                  front.hidden * back.hidden + back.hidden, [_block_params(back)] * back.layers,

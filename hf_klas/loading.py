@@ -11,24 +11,33 @@ import hashlib
 import json
 import logging
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from huggingface_hub import snapshot_download
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageClassification,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
+from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError
+from .families import CAUSAL_LM, family_of
+from .zoo import ALIASES, HUB_IDS, LOCAL, resolve_alias
+from .zoo.gguf import dequantize_gguf
 
 logger = logging.getLogger(__name__)
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-
-
-def cache_dir() -> Path:
-    """Where hf_klas keeps derived files (dequantised GGUF checkpoints). ``HF_KLAS_CACHE`` overrides."""
-    return Path(os.environ.get("HF_KLAS_CACHE", Path.home() / ".cache" / "hf_klas"))
 
 
 _DTYPES = {
@@ -55,8 +64,11 @@ class TensorReader:
     stable public format.
     """
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, renames: tuple[tuple[str, str], ...] = ()):
         self.directory = Path(directory)
+        # (module-name regex, checkpoint-name template): the family's checkpoint layout when it differs from the
+        # installed modules' names (hf_klas.families), so such checkpoints are still read tensor by tensor
+        self._renames = [(re.compile(pattern), template) for pattern, template in renames]
         index = self.directory / SAFE_INDEX
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -78,12 +90,26 @@ class TensorReader:
     def keys(self):
         return self._entries.keys()
 
+    def stored_name(self, name: str) -> str | None:
+        """The checkpoint's name for the module tensor ``name`` (itself, or a renamed layout), or None."""
+        if name in self._entries:
+            return name
+        for pattern, template in self._renames:
+            if pattern.match(name):
+                renamed = pattern.sub(template, name)
+                if renamed in self._entries:
+                    return renamed
+        return None
+
     def __contains__(self, name: str) -> bool:
-        return name in self._entries
+        return self.stored_name(name) is not None
 
     def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor ``name``; read directly into ``out`` when it has the stored dtype and shape."""
-        path, base, info = self._entries[name]
+        stored = self.stored_name(name)
+        if stored is None:
+            raise KeyError(name)
+        path, base, info = self._entries[stored]
         dtype, shape = _DTYPES[info["dtype"]], tuple(info["shape"])
         start, end = info["data_offsets"]
         fits = (out is not None and out.dtype == dtype and tuple(out.shape) == shape and out.is_contiguous()
@@ -114,27 +140,27 @@ class Anchor:
     model: PreTrainedModel | None = None  # in-memory anchor
     revision: str | None = None
     extra: dict = field(default_factory=dict)
+    hub_id: str | None = None  # the Hub model an offline alias stands for (model cards' base_model)
 
     @property
     def provenance(self) -> dict:
-        return {"name_or_path": self.name_or_path, "revision": self.revision}
+        out = {"name_or_path": self.name_or_path, "revision": self.revision}
+        if self.hub_id:
+            out["hub_id"] = self.hub_id
+        return out
 
     def state_dict_source(self):
         """A mapping-like object with ``get(name)`` / ``__contains__`` for the anchor's tensors."""
         if self.model is not None:
             return _ModuleTensors(self.model)
-        return TensorReader(self.directory)
+        return TensorReader(self.directory, renames=family_of(self.config).checkpoint_names)
 
     def load_full(self, task_cls=None, **kwargs) -> PreTrainedModel:
         """The whole anchor as a transformers model (for probes and calibration)."""
         if self.model is not None:
             return self.model
-        from transformers import AutoModelForCausalLM, AutoModelForImageClassification
-
-        from .anatomy import CAUSAL_LM, anatomy_for
-
         if task_cls is None:
-            task_cls = AutoModelForCausalLM if anatomy_for(self.config).task == CAUSAL_LM else AutoModelForImageClassification
+            task_cls = AutoModelForCausalLM if family_of(self.config).task == CAUSAL_LM else AutoModelForImageClassification
         return task_cls.from_pretrained(self.directory, **kwargs)
 
     def fingerprint(self) -> str:
@@ -142,8 +168,6 @@ class Anchor:
 
     def load_preprocessor(self):
         """Tokenizer (LLM) or image processor (ViT) saved with the anchor, or None."""
-        from .anatomy import CAUSAL_LM, anatomy_for
-
         if self.extra.get("preprocessor") is not None:
             return self.extra["preprocessor"]
         src = self.directory
@@ -152,12 +176,8 @@ class Anchor:
             if not src or not Path(src).is_dir():
                 return None
         try:
-            if anatomy_for(self.config).task == CAUSAL_LM:
-                from transformers import AutoTokenizer
-
+            if family_of(self.config).task == CAUSAL_LM:
                 return AutoTokenizer.from_pretrained(src)
-            from transformers import AutoImageProcessor
-
             return AutoImageProcessor.from_pretrained(src)
         except (OSError, ValueError):
             return None
@@ -209,17 +229,13 @@ def resolve_anchor(spec, revision: str | None = None) -> Anchor:
             "Pass e.g. 'llama-1b', 'meta-llama/Llama-3.2-1B', './my_checkpoint' or a loaded model.",
         )
     spec = str(spec)
-    from .zoo import resolve_alias
-
-    local = resolve_alias(spec)
-    if local is not None:
-        if isinstance(local, Anchor):
-            return local
-        spec = local
+    if spec in LOCAL:  # offline alias: keep its name (portable, readable), read the local files
+        anchor = resolve_anchor(resolve_alias(spec), revision=revision)
+        anchor.name_or_path, anchor.hub_id = spec, HUB_IDS.get(spec)
+        return anchor
+    spec = ALIASES.get(spec, spec)
     path = Path(spec)
     if path.suffix == ".gguf" and path.is_file():
-        from .zoo.gguf import dequantize_gguf
-
         return resolve_anchor(dequantize_gguf(path), revision=revision)
     if path.is_dir():
         if not (path / "config.json").is_file():
@@ -232,8 +248,6 @@ def resolve_anchor(spec, revision: str | None = None) -> Anchor:
 
 def _from_hub(repo_id: str, revision: str | None) -> Anchor:
     """Download only configs, tokenizer files and safetensors through the standard Hub cache."""
-    from huggingface_hub import snapshot_download
-
     try:
         directory = snapshot_download(
             repo_id, revision=revision,
@@ -258,3 +272,57 @@ def same_anchor(front: Anchor, back: Anchor | None) -> bool:
     if front.model is None and back.model is None and front.directory is not None:
         return front.directory == back.directory and front.revision == back.revision
     return False
+
+
+def load_stitched_model(name_or_path: str):
+    """A stitched model from a directory / Hub id, with the right task class."""
+    try:
+        config = AutoConfig.from_pretrained(name_or_path)
+    except Exception as err:
+        raise HfKlasError(f"Could not read a model config from {name_or_path!r} ({type(err).__name__}: {err}).",
+                          "Pass a directory written by save_pretrained (with config.json) or a Hub id.") from err
+    if not isinstance(config, StitchedConfig):
+        raise HfKlasError(f"{name_or_path} is a {config.model_type!r} model, not a stitched model.",
+                          "Build a stitch first (front/back/front_blocks/back_start, or StitchedModel.from_anchors).")
+    auto = AutoModelForCausalLM if config.task == CAUSAL_LM else AutoModelForImageClassification
+    return auto.from_pretrained(name_or_path)
+
+
+def preprocessor_for(model, name_or_path: str | None = None):
+    """The tokenizer / image processor saved with the model, else its anchors' (None when there is none)."""
+    pre = getattr(model, "_hf_klas_preprocessor", None)
+    if pre is not None:
+        return pre
+    candidates = [name_or_path] if name_or_path else []
+    anchors = getattr(model.config, "anchors", None) or {}
+    candidates += [(anchors.get(k) or {}).get("name_or_path") for k in ("back", "front")]
+    for cand in candidates:
+        # in-memory anchors are recorded by class name: only paths, zoo aliases and Hub ids are worth a look
+        if not cand or not (Path(cand).exists() or cand in ALIASES or cand in LOCAL or "/" in cand):
+            continue
+        try:
+            if Path(cand).is_dir():
+                loader = AutoTokenizer if model.config.task == CAUSAL_LM else AutoImageProcessor
+                pre = loader.from_pretrained(cand)
+            else:
+                pre = resolve_anchor(cand).load_preprocessor()
+        except Exception:  # noqa: BLE001 - no preprocessor there; try the next candidate
+            pre = None
+        if pre is not None:
+            model._hf_klas_preprocessor = pre
+            return pre
+    return None
+
+
+def load_any(name: str):
+    """``(model, preprocessor, is_stitched)`` for a stitched model (directory / Hub id) or any anchor spec."""
+    path = Path(name)
+    if (path / "config.json").is_file() and \
+            json.loads((path / "config.json").read_text()).get("model_type") == StitchedConfig.model_type:
+        model = load_stitched_model(name)
+        return model.eval(), preprocessor_for(model, name), True
+    anchor = resolve_anchor(name)
+    if isinstance(anchor.config, StitchedConfig):
+        model = load_stitched_model(name)
+        return model.eval(), preprocessor_for(model, name), True
+    return anchor.load_full().eval(), anchor.load_preprocessor(), False

@@ -9,25 +9,32 @@ This module ships inside stitched checkpoints (``trust_remote_code``): relative 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+
+from .flops import format_flops
 
 CARD_MARKER = "<!-- hf_klas:model-card -->"
 
 
-def _fmt_flops(x) -> str:
-    if not isinstance(x, (int, float)):
-        return "n/a"
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("KFLOPs", 1e3)):
-        if x >= scale:
-            return f"{x / scale:.3g} {unit}"
-    return f"{x:.0f} FLOPs"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_id(provenance: dict) -> str | None:
+    """The Hub id an anchor stands for: the one recorded (an offline alias of a Hub model), or its name when
+    that is a Hub id and not a local path. A local path never goes into Hub metadata."""
+    if provenance.get("hub_id"):
+        return provenance["hub_id"]
+    name = str(provenance.get("name_or_path") or "")
+    return name if _HUB_ID.match(name) and not Path(name).exists() else None
 
 
 def render_model_card(config) -> str:
-    """Markdown with YAML front matter (``base_model`` lists both anchors) and the embedded recipe."""
+    """Markdown with YAML front matter (``base_model``: the anchors' Hub ids) and the embedded recipe."""
     anchors = getattr(config, "anchors", {}) or {}
-    bases = [anchors.get(k, {}).get("name_or_path") for k in ("front", "back")]
-    bases = [b for b in dict.fromkeys(bases) if b]
+    provenance = [anchors.get(k) or {} for k in ("front", "back")]
+    bases = [b for b in dict.fromkeys(hub_id(p) for p in provenance) if b]
+    names = [hub_id(p) or p.get("name_or_path") or role for p, role in zip(provenance, ("front anchor", "back anchor"))]
     task = getattr(config, "task", None)
     pipeline = "text-generation" if task == "causal-lm" else "image-classification"
     info = getattr(config, "stitch_info", {}) or {}
@@ -40,13 +47,13 @@ def render_model_card(config) -> str:
         lines += [f"- {b_}" for b_ in bases]
         lines.append("base_model_relation: merge")
     lines += ["---", CARD_MARKER, "", "# Stitched model", "",
-              f"Blocks 1–{i} of **{bases[0] if bases else 'front anchor'}** ({f.model_type}, hidden {f.hidden_size}), "
+              f"Blocks 1–{i} of **{names[0]}** ({f.model_type}, hidden {f.hidden_size}), "
               f"a learned linear stitch ({f.hidden_size} → {b.hidden_size}), then blocks {j + 1}–{b.num_hidden_layers} of "
-              f"**{bases[-1] if bases else 'back anchor'}** ({b.model_type}, hidden {b.hidden_size}) with its final norm and head.",
+              f"**{names[1]}** ({b.model_type}, hidden {b.hidden_size}) with its final norm and head.",
               "", "| | value |", "|---|---|",
               f"| stitch point (front_blocks, back_start) | ({i}, {j}) |",
               f"| blocks run | {i} front + {b.num_hidden_layers - j} back = {config.num_hidden_layers} |",
-              f"| forward FLOPs | {_fmt_flops(info.get('flops'))} ({info.get('flops_unit', 'per sequence')}) |",
+              f"| forward FLOPs | {format_flops(info['flops']) if isinstance(info.get('flops'), (int, float)) else 'n/a'} ({info.get('flops_unit', 'per sequence')}) |",
               f"| parameters | {info.get('params', 'n/a')} |",
               f"| hf_klas version | {getattr(config, 'hf_klas_version', 'n/a')} |", "",
               "## Use", "", "```python",

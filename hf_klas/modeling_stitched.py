@@ -19,7 +19,6 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, ImageClassifie
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from .anatomy import (
-    anatomy_for,
     build_masks,
     final_logit_softcap,
     find_block_path,
@@ -32,14 +31,15 @@ from .anatomy import (
     set_layer_index,
 )
 from .configuration_stitched import StitchedConfig
+from .families import family_of
 from .model_card import CARD_MARKER, render_model_card, write_model_card
 
 
 def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
     """The family's own base model for a truncated config, minus the pieces this part never runs."""
-    fam = anatomy_for(part_config)
+    fam = family_of(part_config)
     model_cls = MODEL_MAPPING[type(part_config)]
-    part = model_cls(part_config, **fam.base_kwargs)
+    part = model_cls(part_config, **dict(fam.base_kwargs))
     for name in drop:
         setattr(part, name, None)
     return part
@@ -70,7 +70,7 @@ class StitchedPreTrainedModel(PreTrainedModel):
             raise ValueError("A StitchedConfig without front_config/back_config cannot build a model; "
                              "use hf_klas.StitchedModel.from_anchors(front, back, ...) to create one.")
         super().__init__(config)
-        self.anatomy = anatomy_for(config.back_config)
+        self.anatomy = family_of(config.back_config)
         front_cfg, back_cfg = config.part_config("front"), config.part_config("back")
         # Trap: PreTrainedModel resolves attention only on the top-level config; the borrowed blocks read
         # their part config, and a missing value there silently turns causal attention bidirectional.
@@ -191,7 +191,7 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
     def _run_blocks(self, part, blocks, layer_types, hidden, masks, position_ids, cache, use_cache,
                     cache_position, all_hidden, kwargs):
         fam = self.anatomy
-        pe = rotary_embeddings(getattr(part, fam.rotary), anatomy_for(part.config), hidden, position_ids, layer_types)
+        pe = rotary_embeddings(getattr(part, fam.rotary), family_of(part.config), hidden, position_ids, layer_types)
         extra = {"cache_position": cache_position} if layers_want_cache_position() else {}
         for block, layer_type in zip(blocks, layer_types):
             # under the name this layer class declares: a name it does not know would vanish in its **kwargs

@@ -540,9 +540,9 @@ def _vit_data(opts: QualityOptions):
 
 def _vit_study(pair: str, seeds: list[int], max_configs: int, opts: QualityOptions, data,
                deadline: float | None = None) -> dict | None:
+    from tqdm.auto import tqdm
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
-    from tqdm.auto import tqdm
 
     from .building import StitchedModel
     from .evaluation import top1_accuracy
@@ -820,9 +820,10 @@ def _lm_study(opts: QualityOptions) -> list[dict]:
     ``lm_rouge_texts=0``), one selector pass; returns one study per quality metric (same pool, same scores)."""
     from .calibration import calibration_batches
     from .evaluation import first_lines, generate_texts, load_rouge, perplexity
+    from .flops import DEFAULT_SEQ_LEN
     from .loading import resolve_anchor
     from .selection.scoring import assign_buckets, bucket_edges
-    from .selection.selectors.base import DEFAULT_SEQ_LEN, grids, valid_mask
+    from .selection.selectors.base import grids, valid_mask
 
     t_start = time.perf_counter()
     anchor = resolve_anchor(opts.lm_anchor)
@@ -1281,3 +1282,8 @@ def _reanalyze(opts: QualityOptions, command: str | None) -> dict:
                               "note": "metrics recomputed from the stored oracle qualities and selector scores; "
                                       "wall_seconds / cpu_seconds are the original run's"})
     return _write_outputs(report, new_opts)
+
+
+def cli_options(run_name: str, argv: list[str]) -> list[type]:
+    """The dataclasses whose fields are ``hf-klas quality``'s flags."""
+    return [QualityOptions]

@@ -1,15 +1,19 @@
 #!/usr/bin/env python
 """Train the shipped Fashion-MNIST ViT zoo (vit-fmnist-tiny / -small / -base) on CPU, offline.
 
-Three ``transformers.ViTForImageClassification`` models of increasing width *and* depth that share the token
-layout (28x28 grayscale, 4x4 patches -> 49 patches + CLS = 50 tokens) so any pair can be stitched. Data comes
-from the Debian ``dataset-fashion-mnist`` IDX files (:mod:`hf_klas.data.fashion_mnist`); nothing is
-downloaded.
+``transformers.ViTForImageClassification`` models of increasing width *and* depth that share the token layout
+(28x28 images, 4x4 patches -> 49 patches + CLS = 50 tokens) so any pair can be stitched. The grayscale image is
+fed as three equal channels, as every Hub ViT takes RGB: the saved ``ViTImageProcessor`` converts any PIL image
+to RGB, so ``pipeline("image-classification")`` works on grayscale images as on colour ones. Data comes from the
+Debian ``dataset-fashion-mnist`` IDX files (:mod:`hf_klas.data.fashion_mnist`); nothing is downloaded.
 
-Recipe (identical for the three models): the first ``--train-limit`` training images, ``--epochs`` passes in a
+Recipe (identical for every model): the first ``--train-limit`` training images, ``--epochs`` passes in a
 seeded random order, batch ``--batch-size``, AdamW (lr ``--lr``, betas 0.9/0.999, weight decay 0.05 on
 matrices only), linear warmup over the first 5% of steps then cosine decay to 0, gradient clipping at 1.0,
-cross-entropy with label smoothing ``--label-smoothing``, random horizontal flips (``--hflip``), no dropout.
+cross-entropy with label smoothing ``--label-smoothing``, random translations by up to ``--translate`` pixels
+and random horizontal flips (``--hflip``), no dropout. Test accuracy on the full test split is recorded after
+every epoch; a model counts as *converged* when the last fifth of its training moved test accuracy by less than
+``--plateau-points`` (0.3) points (recorded as ``plateau`` in the summary).
 Everything is seeded (``--seed``: weight init, data order, flips) and
 ``torch.use_deterministic_algorithms(True)`` is on, so a run with the same seed, thread count and torch build
 gives the same weights. Each model trains in its own process (``--jobs`` at once, default 2, each with
@@ -54,18 +58,23 @@ import transformers  # noqa: E402
 from transformers import ViTConfig, ViTForImageClassification  # noqa: E402
 
 from hf_klas.data.fashion_mnist import (  # noqa: E402
-    FASHION_MNIST_LABELS, FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_fashion_mnist_arrays, make_image_processor,
+    FASHION_MNIST_LABELS,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    load_fashion_mnist_arrays,
+    make_image_processor,
     preprocess,
 )
 
-IMAGE_SIZE, PATCH_SIZE, NUM_CHANNELS = 28, 4, 1
+IMAGE_SIZE, PATCH_SIZE, NUM_CHANNELS = 28, 4, 3
 
-#: name -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size). Head dim 32 everywhere,
-#: MLP ratio 2 (keeps the three checkpoints under ~12 MB of fp32 together).
+#: name -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size). Head dim 16, MLP ratio 2:
+#: the spread in accuracy comes from a very small cheapest anchor and a deeper, wider dearest one.
 ZOO = {
-    "tiny": (64, 6, 2, 128),
-    "small": (96, 9, 3, 192),
-    "base": (128, 12, 4, 256),
+    "tiny": (32, 3, 2, 64),
+    "small": (48, 4, 3, 96),
+    "medium": (64, 6, 4, 128),
+    "base": (96, 8, 6, 192),
 }
 
 
@@ -88,14 +97,18 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(REPO / "hf_klas" / "zoo" / "weights"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=60000, help="first N training images")
-    p.add_argument("--epochs", type=float, default=1.5, help="passes over the training subset (may be fractional)")
+    p.add_argument("--epochs", type=int, default=15, help="passes over the training subset")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--warmup", type=float, default=0.05, help="warmup share of the steps")
     p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
                    help="random horizontal flips (p=0.5)")
+    p.add_argument("--translate", type=int, default=2, help="random shifts by up to this many pixels (0: none)")
+    p.add_argument("--plateau-points", type=float, default=0.3,
+                   help="converged = the last fifth of training moved test accuracy by less than this (points)")
+    p.add_argument("--device", default="cpu", help="torch device (cpu; cuda when a GPU is available)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per model process")
     p.add_argument("--jobs", type=int, default=2,
                    help="models trained at once, one process each (2 jobs x 1 thread keep both cores busy without "
@@ -118,14 +131,37 @@ def forward_flops(config) -> int | None:
 
 
 @torch.no_grad()
-def evaluate(model, images: np.ndarray, labels: np.ndarray, batch_size: int, desc: str, position: int = 0
-             ) -> float:
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """Top-1 on preprocessed ``images`` (already on the model's device)."""
+    was_training = model.training
     model.eval()
     correct = 0
-    for s in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, position=position):
-        logits = model(pixel_values=preprocess(images[s:s + batch_size])).logits
-        correct += int((logits.argmax(-1).numpy() == labels[s:s + batch_size]).sum())
+    for s in range(0, len(images), batch_size):
+        logits = model(pixel_values=images[s:s + batch_size]).logits
+        correct += int((logits.argmax(-1) == labels[s:s + batch_size]).sum())
+    model.train(was_training)
     return correct / len(images)
+
+
+def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator, background: float) -> torch.Tensor:
+    """Translate each image by its own random (dy, dx) in [-max_shift, max_shift], filling with background."""
+    if max_shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, value=background)
+    dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+def plateau_delta(curve: list[float]) -> float:
+    """Test-accuracy change (points) over the last fifth of training: final minus the value at 80%."""
+    k = max(0, int(round(0.8 * len(curve))) - 1)
+    return 100 * (curve[-1] - curve[k])
 
 
 def make_optimizer(model, lr: float, weight_decay: float):
@@ -143,32 +179,34 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, position: int = 0):
+def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
+              test_y: torch.Tensor, position: int = 0):
     torch.manual_seed(args.seed)
     config = vit_config(name)
-    model = ViTForImageClassification(config)
+    model = ViTForImageClassification(config).to(args.device)
     model.train()
     opt = make_optimizer(model, args.lr, args.weight_decay)
     n = len(train_x)
     steps_per_epoch = n // args.batch_size  # drop the ragged last batch
-    total = max(1, int(round(args.epochs * steps_per_epoch)))
+    total = args.epochs * steps_per_epoch
     warmup = max(1, int(args.warmup * total))
     gen = torch.Generator().manual_seed(args.seed)
-    order = torch.empty(0, dtype=torch.long)
-    pos = 0
+    background = float(preprocess(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))[0, 0, 0, 0])
+    curve = []
     t0 = time.time()
     bar = tqdm(range(total), desc=f"train vit-fmnist-{name}", unit="step", dynamic_ncols=True, position=position,
-               mininterval=2.0)
+               mininterval=5.0)
     running = None
     for step in bar:
-        if pos + args.batch_size > len(order):
+        if step % steps_per_epoch == 0:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos:pos + args.batch_size]
         pos += args.batch_size
-        x, y = train_x[idx], train_y[idx]
+        x, y = train_x[idx].to(args.device), train_y[idx].to(args.device)
         if args.hflip:
-            flip = torch.rand(len(x), generator=gen) < 0.5
+            flip = (torch.rand(len(x), generator=gen) < 0.5).to(args.device)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        x = shift(x, args.translate, gen, background)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, total, warmup, args.lr)
         logits = model(pixel_values=x).logits
@@ -178,15 +216,16 @@ def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, pos
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 10 == 0 or step == total - 1:
-            bar.set_postfix(loss=f"{running:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        if (step + 1) % steps_per_epoch == 0:
+            curve.append(evaluate(model, test_x, test_y, args.eval_batch_size))
+            bar.set_postfix(loss=f"{running:.3f}", test=f"{curve[-1]:.4f}")
     bar.close()
     model.eval()
-    return model, time.time() - t0, total
+    return model.cpu(), time.time() - t0, total, curve
 
 
 def model_card(name: str, config, params: int, flops, acc: float, args, train_seconds: float, steps: int,
-               command: str) -> str:
+               command: str, curve: list[float]) -> str:
     hidden, layers, heads, mlp = ZOO[name]
     others = ", ".join(f"`vit-fmnist-{o}`" for o in ZOO if o != name)
     gflops = f"{flops / 1e6:.1f} MFLOPs" if flops else "n/a"
@@ -219,8 +258,8 @@ model-index:
 # vit-fmnist-{name}
 
 A small Vision Transformer (`ViTForImageClassification`) trained from scratch on Fashion-MNIST, shipped with
-hf_klas as an offline stitching anchor. It shares its token layout with {others} (28x28 grayscale input,
-4x4 patches: 49 patches + CLS = 50 tokens), so blocks of any two zoo models can be stitched.
+hf_klas as an offline stitching anchor. It shares its token layout with {others} (28x28 input, the gray value on
+three channels; 4x4 patches: 49 patches + CLS = 50 tokens), so blocks of any two zoo models can be stitched.
 
 **Test accuracy (full 10,000-image Fashion-MNIST test split): {acc * 100:.2f}%**
 
@@ -242,8 +281,9 @@ Labels (`id2label`): {", ".join(f"{i}={n}" for i, n in enumerate(FASHION_MNIST_L
 ## Preprocessing
 
 `preprocessor_config.json` is a `ViTImageProcessor`: no resize (images are already 28x28), rescale by 1/255,
-normalise with mean {FASHION_MNIST_MEAN} / std {FASHION_MNIST_STD} (the training-set pixel statistics). Pass
-28x28 grayscale PIL images (mode `L`), e.g. `hf_klas.data.fashion_mnist.load_fashion_mnist("test")[:8]["image"]` (a list).
+normalise with mean {FASHION_MNIST_MEAN} / std {FASHION_MNIST_STD} (the training-set pixel statistics). It converts
+any PIL image to RGB, so 28x28 grayscale images (mode `L`) work as they are, in `pipeline("image-classification")`
+too, e.g. `hf_klas.data.fashion_mnist.load_fashion_mnist("test")[:8]["image"]` (a list).
 
 ```python
 from transformers import AutoImageProcessor, AutoModelForImageClassification
@@ -263,12 +303,15 @@ print([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
   `dataset-fashion-mnist` IDX files), {args.epochs:g} epoch(s) = {steps:,} steps of batch {args.batch_size}
 - optimiser: AdamW, lr {args.lr:g}, betas (0.9, 0.999), weight decay {args.weight_decay:g} (matrices only),
   {args.warmup:.0%} linear warmup then cosine decay to 0, gradient clipping 1.0
-- loss: cross-entropy, label smoothing {args.label_smoothing:g}; augmentation: {"random horizontal flip" if args.hflip else "none"};
-  dropout 0
+- loss: cross-entropy, label smoothing {args.label_smoothing:g}; augmentation: random shifts by up to
+  {args.translate} px{", random horizontal flips" if args.hflip else ""}; dropout 0
+- test accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}; the last fifth of training moved it by
+  {plateau_delta(curve):+.2f} points (converged: {"yes" if abs(plateau_delta(curve)) < args.plateau_points else "no"},
+  criterion < {args.plateau_points:g})
 - seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s) per model process, up to {args.jobs} models trained at once)
-- hardware: CPU only ({platform.machine()}), {train_seconds / 60:.1f} min of training for this model
+- hardware: {args.device} ({platform.machine()}), {train_seconds / 60:.1f} min of training for this model
 - software: torch {torch.__version__}, transformers {transformers.__version__}
-- command (trains the three zoo models in one run):
+- command (trains the zoo in one run):
 
 ```bash
 {command}
@@ -281,19 +324,18 @@ Fashion-MNIST classifier and was trained on a short CPU budget.
 """
 
 
-def _load_train(args):
-    train_images, train_labels = load_fashion_mnist_arrays("train", limit=args.train_limit)
-    return preprocess(train_images), torch.from_numpy(train_labels)
-
-
 def train_and_save(name: str, args, command: str, position: int = 0) -> dict:
     """Train one zoo model, measure it on the full test split, write its folder; returns its summary row."""
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
-    train_x, train_y = _load_train(args)
+    train_images, train_labels = load_fashion_mnist_arrays("train", limit=args.train_limit)
     test_images, test_labels = load_fashion_mnist_arrays("test")
-    model, seconds, steps = train_one(name, args, train_x, train_y, position)
-    acc = evaluate(model, test_images, test_labels, args.eval_batch_size, f"test vit-fmnist-{name}", position)
+    # one channel in memory, three for the model (the same gray value: expand is a view)
+    train_x = preprocess(train_images, channels=1).expand(-1, NUM_CHANNELS, -1, -1)
+    test_x = preprocess(test_images).to(args.device)
+    model, seconds, steps, curve = train_one(name, args, train_x, torch.from_numpy(train_labels), test_x,
+                                             torch.from_numpy(test_labels).to(args.device), position)
+    acc = curve[-1]
     params = count_params(model)
     flops = forward_flops(model.config)
     target = Path(args.out) / f"vit-fmnist-{name}"
@@ -301,16 +343,20 @@ def train_and_save(name: str, args, command: str, position: int = 0) -> dict:
     model.save_pretrained(target, safe_serialization=True)
     make_image_processor().save_pretrained(target)
     (target / "README.md").write_text(model_card(name, model.config, params, flops, acc, args, seconds, steps,
-                                                 command))
+                                                 command, curve))
     hidden, layers, heads, mlp = ZOO[name]
     tqdm.write(f"vit-fmnist-{name}: hidden {hidden}, layers {layers}, params {params:,}, "
-               f"test accuracy {acc * 100:.2f}% ({seconds / 60:.1f} min training)")
+               f"test accuracy {acc * 100:.2f}% ({seconds / 60:.1f} min training; last fifth "
+               f"{plateau_delta(curve):+.2f} points)")
     return {
         "name": f"vit-fmnist-{name}", "path": f"vit-fmnist-{name}", "hidden": hidden, "layers": layers,
         "heads": heads, "intermediate_size": mlp, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
         "num_channels": NUM_CHANNELS, "params": params, "forward_flops": flops,
         "test_accuracy": round(acc, 4), "test_examples": int(len(test_images)),
-        "train_seconds": round(seconds, 1), "train_steps": steps,
+        "test_accuracy_per_epoch": [round(a, 4) for a in curve],
+        "last_fifth_change_points": round(plateau_delta(curve), 2),
+        "plateau": abs(plateau_delta(curve)) < args.plateau_points,
+        "train_seconds": round(seconds, 1), "train_steps": steps, "device": args.device,
     }
 
 
@@ -326,6 +372,8 @@ def main(argv=None) -> dict:
     test_images, _ = load_fashion_mnist_arrays("test", limit=32)
     ref = make_image_processor()(images=[Image.fromarray(im) for im in test_images], return_tensors="pt")
     assert torch.allclose(ref["pixel_values"], preprocess(test_images), atol=1e-5), "preprocess != ViTImageProcessor"
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False  # the same arithmetic as on CPU, up to reduction order
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,8 +406,9 @@ def main(argv=None) -> dict:
     ordered = [merged[k] for k in ZOO if k in merged]
     total = time.time() - t_start
     summary = {
-        "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 grayscale, patch 4 (50 tokens). "
-                       "'path' is relative to this file's directory; test_accuracy is on the full 10k test split.",
+        "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 (gray on 3 channels), patch 4 (50 tokens). "
+                       "'path' is relative to this file's directory; test_accuracy is on the full 10k test split "
+                       "after the last epoch.",
         "dataset": "fashion_mnist (Debian dataset-fashion-mnist)",
         "command": command,
         "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "models")},

@@ -12,13 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "examples" / "accelerate_config_cpu2.yaml"
 
 
 def _state_hash(model) -> str:
-    from hf_klas.training.resume import _unwrap
+    from hf_klas.training.unwrap import unwrap_model as _unwrap
 
     h = hashlib.sha256()
     for key, value in sorted(_unwrap(model).state_dict().items()):

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from tiny import llama_pair, vision_pair
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel
 
 from hf_klas import StitchedConfig, StitchedModel
 from hf_klas.errors import (
@@ -103,3 +102,28 @@ def test_unknown_anchor_name_offline_gives_advice(monkeypatch):
     with pytest.raises(HfKlasError) as e:
         StitchedModel.from_anchors("no-such-org/no-such-model", front_blocks=1, back_start=1)
     _assert_helpful(e.value, "no-such-org/no-such-model", "local directory")
+
+
+def test_explicit_stitch_point_and_budget_together_are_refused():
+    f, b = llama_pair()
+    with pytest.raises(HfKlasError) as e:
+        StitchedModel.from_anchors(f, b, front_blocks=2, back_start=3, budget_flops=0.5)
+    _assert_helpful(e.value, "front_blocks=2", "back_start=3", "budget_flops", "not both")
+    with pytest.raises(HfKlasError) as e:
+        StitchedModel.from_anchors(f, b, front_blocks=2, budget_flops=0.5)
+    with pytest.raises(HfKlasError) as e:
+        StitchedModel.from_anchors(f, b, back_start=3, stitch_init="identity")
+    _assert_helpful(e.value, "only one of front_blocks / back_start")
+
+
+def test_calibration_token_ids_outside_the_vocabulary_name_anchor_id_and_size():
+    import torch
+
+    from hf_klas.errors import CalibrationError
+
+    f, b = llama_pair(vocab=128)
+    f.config._name_or_path = "my-front-anchor"
+    with pytest.raises(CalibrationError) as e:
+        StitchedModel.from_anchors(f, b, front_blocks=2, back_start=3, calibration=[torch.tensor([5, 7, 300])],
+                                   progress=False)
+    _assert_helpful(e.value, "300", "my-front-anchor", "128 tokens", "tokenizer")

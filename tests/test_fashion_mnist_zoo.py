@@ -11,8 +11,15 @@ import pytest
 import torch
 
 from hf_klas.data.fashion_mnist import (
-    DEFAULT_ROOT, ENV_VAR, FASHION_MNIST_LABELS, load_fashion_mnist, load_fashion_mnist_arrays,
-    make_image_processor, preprocess, to_pixel_values, with_pixel_values,
+    DEFAULT_ROOT,
+    ENV_VAR,
+    FASHION_MNIST_LABELS,
+    load_fashion_mnist,
+    load_fashion_mnist_arrays,
+    make_image_processor,
+    preprocess,
+    to_pixel_values,
+    with_pixel_values,
 )
 from hf_klas.errors import DataError
 

@@ -9,30 +9,26 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import decoder_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
     AutoModelForCausalLM,
     DeiTConfig,
     DeiTForImageClassification,
-    Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
     ViTConfig,
     ViTForImageClassification,
 )
 
 from hf_klas.anatomy import build_masks, find_blocks
 from hf_klas.errors import IncompatibleAnchorsError, StitchPointError, UnknownFamilyError
+from hf_klas.families import FAMILIES, family_of
 from hf_klas.flops import (
-    FLOPS_FAMILIES,
     anchor_flops,
     anchor_params,
     cpu_sdpa_flop_formulas,
-    family_of,
     format_flops,
     format_params,
     stitch_flops,
@@ -46,30 +42,22 @@ WINDOW = 8
 
 
 def llm_configs() -> dict:
-    common = dict(vocab_size=256, max_position_embeddings=128)
+    """The shared tiny family configs (tests/tiny.py), each with what makes its cost model differ switched on."""
     return {
         # head_dim * heads (128) != hidden (64), GQA 4/2, tied, biases on everything
-        "llama": LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-                             num_key_value_heads=2, head_dim=32, attention_bias=True, mlp_bias=True,
-                             tie_word_embeddings=True, **common),
+        "llama": decoder_config("llama", layers=3, vocab=256, window=WINDOW, head_dim=32, attention_bias=True,
+                                mlp_bias=True),
         # q/k/v bias hard-coded, o_proj without; sliding window on the upper layers
-        "qwen2": Qwen2Config(hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
-                             num_key_value_heads=2, use_sliding_window=True, sliding_window=WINDOW,
-                             max_window_layers=1, tie_word_embeddings=False, **common),
-        # q/k norm, explicit head_dim, untied
-        "qwen3": Qwen3Config(hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=1, head_dim=16, attention_bias=True, tie_word_embeddings=False,
-                             **common),
-        # global sliding window (every layer)
-        "mistral": MistralConfig(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
-                                 num_key_value_heads=2, head_dim=None, sliding_window=WINDOW,
-                                 tie_word_embeddings=False, **common),
+        "qwen2": decoder_config("qwen2", layers=3, vocab=256, window=WINDOW, max_window_layers=1),
+        # q/k norm, explicit head_dim, untied, one KV head
+        "qwen3": decoder_config("qwen3", layers=2, vocab=256, window=WINDOW, attention_bias=True,
+                                num_key_value_heads=1),
+        # global sliding window (every layer), head_dim from hidden / heads
+        "mistral": decoder_config("mistral", layers=2, vocab=256, window=WINDOW, head_dim=None),
         # mixed layer types, four norms per block, q/k norm, tied
-        "gemma3_text": Gemma3TextConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=16, query_pre_attn_scalar=16, sliding_window=WINDOW,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
-            **common),
+        "gemma3_text": decoder_config(
+            "gemma3_text", layers=4, vocab=256, window=WINDOW,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"]),
     }
 
 
@@ -151,7 +139,7 @@ def test_vision_anchor_flops_and_params(family, attn):
     config = vit_configs()[family]
     model = build(config, attn)
     analytic = anchor_flops(config)
-    assert analytic.tokens == FLOPS_FAMILIES[family].prefix_tokens + 16
+    assert analytic.tokens == FAMILIES[family].prefix_tokens + 16
     mapping = cpu_sdpa_flop_formulas() if attn == "sdpa" else None
     assert count(lambda: model(pixels()), mapping) == analytic.total
     if attn == "sdpa":

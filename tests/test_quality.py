@@ -14,7 +14,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from hf_klas.quality import (  # noqa: E402
-    QualityOptions, analyze_selector, kendall_tau_b, lm_self_stitch_perplexities, rankdata, run_quality, spearman,
+    QualityOptions,
+    analyze_selector,
+    kendall_tau_b,
+    lm_self_stitch_perplexities,
+    rankdata,
+    run_quality,
+    spearman,
 )
 
 REPO = Path(__file__).resolve().parents[1]

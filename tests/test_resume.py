@@ -77,7 +77,7 @@ class CountSteps(TrainerCallback):
 
 
 def weights(model):
-    from hf_klas.training.resume import _unwrap
+    from hf_klas.training.unwrap import unwrap_model as _unwrap
 
     return {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
 

@@ -70,7 +70,7 @@ def test_cover_back_blocks():
     c = candidate_set(GAMMA, FLOPS, RANGE, num_buckets=2, tau=0.05)  # default cover_back_blocks=True
     assert _keys(c) == [(2, 3), (3, 3), (2, 2), (1, 1)]
     added = c[-1]
-    assert added.source == "cover" and added.bucket == 1 and added.gamma == 2.0
+    assert added.source == "cover" and added.bucket == 1 and added.score == 2.0
     assert 0 not in {x.back_start for x in c}  # no in-range configuration starts at j = 0
 
 

@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
 import pytest
 import torch
-from tiny import llama_pair
+from tiny import DECODER_FAMILIES, decoder_anchor, llama_pair
 from transformers import (
     AutoModelForCausalLM,
-    Gemma3ForCausalLM,
-    Gemma3TextConfig,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-    Qwen3Config,
-    Qwen3ForCausalLM,
 )
 
 import hf_klas  # noqa: F401  (registers the Auto classes)
@@ -169,7 +160,7 @@ def test_save_load_gives_identical_logits(stitched, tmp_path, impl):
     stitched.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation=impl)
     assert isinstance(reloaded, StitchedModelForCausalLM)
-    assert reloaded.front.config._attn_implementation == impl  # trap 3: reaches the borrowed blocks
+    assert reloaded.front.config._attn_implementation == impl  # reaches the borrowed blocks
     x = ids()
     ref = stitched(x).logits
     stitched.set_attn_implementation(impl)
@@ -185,12 +176,29 @@ def test_save_load_gives_identical_logits(stitched, tmp_path, impl):
 def test_model_card_written_and_user_readme_kept(stitched, tmp_path):
     stitched.save_pretrained(tmp_path)
     card = (tmp_path / "README.md").read_text()
-    assert CARD_MARKER in card and "base_model:" in card and "(2, 3)" in card and "least_squares" in card
+    assert CARD_MARKER in card and "(2, 3)" in card and "least_squares" in card
+    # in-memory anchors have no Hub identity: nothing may claim one in the card's metadata
+    assert "base_model:" not in card
     user = tmp_path / "mine"
     user.mkdir()
     (user / "README.md").write_text("my own notes")
     stitched.save_pretrained(user)
     assert (user / "README.md").read_text() == "my own notes"
+
+
+def test_model_card_names_hub_ids_never_local_paths(stitched, tmp_path):
+    """An offline alias of a Hub model records the Hub id as base_model; a local path never enters the metadata."""
+    from hf_klas.model_card import render_model_card
+
+    config = copy.deepcopy(stitched.config)
+    config.anchors = {"front": {"name_or_path": "smollm2-135m", "hub_id": "HuggingFaceTB/SmolLM2-135M-Instruct"},
+                      "back": {"name_or_path": str(tmp_path / "cache" / "hf_klas" / "gguf" / "SmolLM2")}}
+    card = render_model_card(config)
+    meta = card.split("---")[1]
+    assert "base_model:\n- HuggingFaceTB/SmolLM2-135M-Instruct" in meta and str(tmp_path) not in meta
+    assert "**HuggingFaceTB/SmolLM2-135M-Instruct**" in card
+    config.anchors["front"] = {"name_or_path": "meta-llama/Llama-3.2-1B"}  # a Hub id by name
+    assert "- meta-llama/Llama-3.2-1B" in render_model_card(config).split("---")[1]
 
 
 def test_trust_remote_code_without_hf_klas(stitched, tmp_path):
@@ -212,16 +220,8 @@ print(repr(m(x).logits[0, -1, :4].tolist()))
 
 # --- every decoder family: a self-stitch at (i, i) with an identity stitch IS the anchor ------------------
 def _family_models():
-    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0)
-    yield "llama", LlamaForCausalLM(LlamaConfig(**common, head_dim=16))
-    yield "mistral", MistralForCausalLM(MistralConfig(**common, head_dim=16, sliding_window=4))
-    yield "qwen2", Qwen2ForCausalLM(Qwen2Config(**common, use_sliding_window=True, sliding_window=4,
-                                                 max_window_layers=2))
-    yield "qwen3", Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16))
-    yield "gemma3", Gemma3ForCausalLM(Gemma3TextConfig(
-        **common, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"] * 2,
-        final_logit_softcapping=30.0))
+    for family in DECODER_FAMILIES:
+        yield family, decoder_anchor(family)
 
 
 @pytest.mark.parametrize("name,anchor", list(_family_models()), ids=lambda v: v if isinstance(v, str) else "")

@@ -19,26 +19,30 @@ DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
 WINDOW = 4  # sliding window of the windowed families: shorter than the test sequences
 
 
-def decoder_config(family: str, wide: bool = False, layers: int = 4, vocab: int = 128, window: int = WINDOW):
+def decoder_config(family: str, wide: bool = False, layers: int = 4, vocab: int = 128, window: int = WINDOW,
+                   **overrides):
     """A tiny config of ``family``. ``wide=True`` changes hidden size, head_dim and KV heads the way
-    Llama-3.2-3B differs from -1B, so a (narrow -> wide) pair has the real pair's shape relations."""
+    Llama-3.2-3B differs from -1B, so a (narrow -> wide) pair has the real pair's shape relations; ``overrides``
+    set any other config field (biases, tying, ...)."""
     hidden, heads, kv, head_dim = (96, 3, 1, 32) if wide else (64, 4, 2, 16)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if family == "llama":  # tied head, GQA
-        return LlamaConfig(**common, head_dim=head_dim, tie_word_embeddings=True)
-    if family == "mistral":  # one global sliding window for every layer
-        return MistralConfig(**common, head_dim=head_dim, sliding_window=window)
-    if family == "qwen2":  # sliding window on the upper layers only (head_dim = hidden / heads)
-        return Qwen2Config(**common, use_sliding_window=True, sliding_window=window, max_window_layers=layers // 2)
-    if family == "qwen3":  # q/k norm, explicit head_dim
-        return Qwen3Config(**common, head_dim=head_dim)
-    if family == "gemma3_text":  # sliding/full pattern, scaled embeddings, final logit soft-cap, tied
-        return Gemma3TextConfig(**common, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window,
-                                layer_types=(["sliding_attention", "full_attention"] * layers)[:layers],
-                                final_logit_softcapping=30.0)
-    raise KeyError(family)
+        cls, extra = LlamaConfig, dict(head_dim=head_dim, tie_word_embeddings=True)
+    elif family == "mistral":  # one global sliding window for every layer
+        cls, extra = MistralConfig, dict(head_dim=head_dim, sliding_window=window)
+    elif family == "qwen2":  # sliding window on the upper layers only (head_dim = hidden / heads)
+        cls, extra = Qwen2Config, dict(use_sliding_window=True, sliding_window=window, max_window_layers=layers // 2)
+    elif family == "qwen3":  # q/k norm, explicit head_dim
+        cls, extra = Qwen3Config, dict(head_dim=head_dim)
+    elif family == "gemma3_text":  # sliding/full pattern, scaled embeddings, final logit soft-cap, tied
+        cls, extra = Gemma3TextConfig, dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window,
+                                            layer_types=(["sliding_attention", "full_attention"] * layers)[:layers],
+                                            final_logit_softcapping=30.0)
+    else:
+        raise KeyError(family)
+    return cls(**{**common, **extra, **overrides})
 
 
 def decoder_anchor(family: str, seed: int = 0, **kwargs):

@@ -16,7 +16,7 @@ rescale by 1/255, normalise with :data:`FASHION_MNIST_MEAN` / :data:`FASHION_MNI
 :func:`preprocess`, the same arithmetic on uint8 arrays without PIL (used for fast training).
 :func:`make_image_processor` builds that processor; :func:`to_pixel_values` turns a batch (dict with
 ``image``) into ``pixel_values``; :func:`with_pixel_values` maps a dataset to torch-formatted columns
-``pixel_values`` (``FloatTensor[1, 28, 28]`` per row) and ``label`` (what ``hf_klas.evaluation.top1_accuracy``
+``pixel_values`` (``FloatTensor[3, 28, 28]`` per row) and ``label`` (what ``hf_klas.evaluation.top1_accuracy``
 reads).
 """
 
@@ -34,6 +34,7 @@ from ..errors import DataError
 
 __all__ = [
     "DEFAULT_ROOT", "ENV_VAR", "FASHION_MNIST_LABELS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGE_SIZE",
+    "NUM_CHANNELS",
     "fashion_mnist_root", "read_idx", "load_fashion_mnist_arrays", "load_fashion_mnist", "preprocess",
     "make_image_processor", "to_pixel_values", "with_pixel_values",
 ]
@@ -41,6 +42,7 @@ __all__ = [
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 ENV_VAR = "HF_KLAS_FASHION_MNIST_DIR"
 IMAGE_SIZE = 28
+NUM_CHANNELS = 3  # the zoo ViTs take RGB like every Hub ViT; Fashion-MNIST's gray is repeated
 
 #: Class names in label order (Zalando's Fashion-MNIST README).
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -152,10 +154,11 @@ def load_fashion_mnist(split: str = "train", root=None, limit: int | None = None
                                       split=datasets.Split.TRAIN if split == "train" else datasets.Split.TEST)
 
 
-def preprocess(images) -> torch.FloatTensor:
-    """uint8 images ``[B, 28, 28]`` (array, tensor, or list of arrays / PIL images) -> ``FloatTensor[B, 1, 28, 28]``.
+def preprocess(images, channels: int = NUM_CHANNELS) -> torch.FloatTensor:
+    """uint8 images ``[B, 28, 28]`` (array, tensor, or list of arrays / PIL images) -> ``FloatTensor[B, C, 28, 28]``.
 
-    Same arithmetic as the shipped ``ViTImageProcessor`` (``(x / 255 - mean) / std``), without PIL.
+    Same arithmetic as the shipped ``ViTImageProcessor`` (``(x / 255 - mean) / std``), without PIL; the gray
+    value is repeated on ``channels`` channels (3: what the zoo ViTs and the processor's RGB conversion give).
     """
     if isinstance(images, torch.Tensor):
         arr = images.detach().cpu().numpy()
@@ -171,20 +174,23 @@ def preprocess(images) -> torch.FloatTensor:
         raise DataError(f"preprocess expects 28x28 grayscale images; got an array of shape {arr.shape}.",
                         "Pass uint8 arrays of shape [B, 28, 28] (or a list of 28x28 images).")
     x = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).unsqueeze(1)
-    return (x / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    x = (x / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    return x if channels == 1 else x.expand(-1, channels, -1, -1).contiguous()
 
 
 def make_image_processor():
-    """The ``ViTImageProcessor`` saved with the shipped Fashion-MNIST ViTs (28x28 grayscale, no resize)."""
+    """The ``ViTImageProcessor`` saved with the shipped Fashion-MNIST ViTs: any PIL image converted to RGB (a
+    grayscale one becomes three equal channels, as ``pipeline`` does too), no resize, the training statistics."""
     from transformers import ViTImageProcessor
 
     return ViTImageProcessor(do_resize=False, size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                             do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-                             image_mean=[FASHION_MNIST_MEAN], image_std=[FASHION_MNIST_STD])
+                             do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True,
+                             image_mean=[FASHION_MNIST_MEAN] * NUM_CHANNELS,
+                             image_std=[FASHION_MNIST_STD] * NUM_CHANNELS)
 
 
 def to_pixel_values(batch, processor=None) -> torch.FloatTensor:
-    """``batch["image"]`` (a dict batch) or a list of images -> ``pixel_values`` ``FloatTensor[B, 1, 28, 28]``.
+    """``batch["image"]`` (a dict batch) or a list of images -> ``pixel_values`` ``FloatTensor[B, 3, 28, 28]``.
 
     With ``processor`` (e.g. ``AutoImageProcessor.from_pretrained(path)``) the images go through it; without,
     :func:`preprocess` is used (identical numbers for the shipped models).
@@ -196,14 +202,14 @@ def to_pixel_values(batch, processor=None) -> torch.FloatTensor:
 
 
 def with_pixel_values(ds, processor=None, batch_size: int = 1000):
-    """``ds`` with the ``image`` column replaced by ``pixel_values`` (float32 ``[1, 28, 28]`` per row).
+    """``ds`` with the ``image`` column replaced by ``pixel_values`` (float32 ``[3, 28, 28]`` per row).
 
-    Materialised with ``Dataset.map`` (about 3 MB per 1,000 rows) and formatted as torch, so it plugs into
+    Materialised with ``Dataset.map`` (about 9 MB per 1,000 rows) and formatted as torch, so it plugs into
     ``hf_klas.evaluation.top1_accuracy(model, ds)`` and ``DataLoader`` alike.
     """
     import datasets
 
-    features = datasets.Features({"pixel_values": datasets.Array3D((1, IMAGE_SIZE, IMAGE_SIZE), "float32"),
+    features = datasets.Features({"pixel_values": datasets.Array3D((NUM_CHANNELS, IMAGE_SIZE, IMAGE_SIZE), "float32"),
                                   "label": ds.features["label"]})
     out = ds.map(lambda batch: {"pixel_values": to_pixel_values(batch, processor).numpy()}, batched=True,
                  batch_size=batch_size, remove_columns=["image"], features=features,

@@ -21,14 +21,32 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..anatomy import CAUSAL_LM, anatomy_for
+from ..building import StitchedModel
+from ..calibration import calibration_from_path
+from ..data import get_dataset
 from ..errors import DataError, HfKlasError
+from ..families import CAUSAL_LM, family_of, task_of
+from ..flops import anchor_flops, stitch_flops
+from ..loading import load_any, resolve_anchor, same_anchor
+from ..selection.plan import StitchPlan
+from ..training.data import prepare_image_dataset
+from . import (
+    ParetoPoint,
+    first_lines,
+    front_auc,
+    generate_texts,
+    load_rouge,
+    pareto_front,
+    perplexity,
+    plot_pareto,
+    top1_accuracy,
+    write_pareto_table,
+)
 
 __all__ = ["EvaluateOptions", "ParetoOptions", "run_evaluate", "run_pareto", "evaluate_model", "METRICS"]
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 METRICS = ("auto", "perplexity", *ROUGE_TYPES, "accuracy")
-_ROUGE = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 
 @dataclass
@@ -114,10 +132,8 @@ def _resolve_metric(metric: str, task: str, columns: list[str], opts: _EvalData)
 
 
 def _load_data(opts: _EvalData, task: str):
-    from ..training.api import load_dataset_arg
-
     name = opts.dataset or ("debian_descriptions" if task == CAUSAL_LM else "fashion_mnist")
-    return load_dataset_arg(name, opts.split, opts.dataset_config, limit=opts.max_samples)
+    return get_dataset(name, opts.split, opts.dataset_config, limit=opts.max_samples)
 
 
 def _check_columns(ds, wanted: list[str], what: str):
@@ -129,14 +145,10 @@ def _check_columns(ds, wanted: list[str], what: str):
 
 def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dict:
     """``{"metric": name, "value": v, ...}`` for one loaded model on an already loaded dataset."""
-    from . import first_lines, generate_texts, load_rouge, perplexity, top1_accuracy
-
-    task = _task_of(model)
+    task = task_of(model)
     metric = _resolve_metric(metric, task, ds.column_names, opts)
     out: dict = {"metric": metric, "samples": len(ds)}
     if metric == "accuracy":
-        from ..training.finetune import prepare_image_dataset
-
         data = prepare_image_dataset(ds, model.config.num_labels, preprocessor, image_column=opts.image_column,
                                      label_column=opts.label_column)
         out["value"] = top1_accuracy(model, data, batch_size=opts.batch_size, label_key="labels",
@@ -182,42 +194,16 @@ def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dic
     return out
 
 
-def _task_of(model) -> str:
-    cfg = model.config
-    task = getattr(cfg, "task", None)
-    return task if task else anatomy_for(cfg).task
-
-
 def _cost(model, seq_len: int) -> tuple[float, float]:
     """(forward FLOPs, parameters) for a stitched model or an anchor."""
-    from ..flops import anchor_flops, stitch_flops
-
     cfg = model.config
-    lm = _task_of(model) == CAUSAL_LM
+    lm = task_of(model) == CAUSAL_LM
     if getattr(cfg, "front_blocks", None) is not None:
         flops = stitch_flops(cfg.front_config, cfg.back_config, cfg.front_blocks, cfg.back_start,
                              seq_len=seq_len if lm else None).total
     else:
         flops = anchor_flops(cfg, seq_len=seq_len if lm else None).total
     return float(flops), float(sum(p.numel() for p in model.parameters()))
-
-
-def _load_any(name: str):
-    """(model, preprocessor, is_stitched) for a stitched directory / Hub id or an anchor spec."""
-    from ..loading import resolve_anchor
-    from ..training.api import load_preprocessor_for, load_stitched
-
-    path = Path(name)
-    if (path / "config.json").is_file():
-        cfg = json.loads((path / "config.json").read_text())
-        if cfg.get("model_type") == "hf_klas_stitched":
-            model = load_stitched(name)
-            return model.eval(), load_preprocessor_for(model, name), True
-    anchor = resolve_anchor(name)
-    if getattr(anchor.config, "model_type", None) == "hf_klas_stitched":
-        model = load_stitched(name)
-        return model.eval(), load_preprocessor_for(model, name), True
-    return anchor.load_full().eval(), anchor.load_preprocessor(), False
 
 
 def run_evaluate(opts: EvaluateOptions | None = None, **kwargs) -> dict:
@@ -228,12 +214,12 @@ def run_evaluate(opts: EvaluateOptions | None = None, **kwargs) -> dict:
     if opts.metric not in METRICS:
         raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(METRICS)}.")
     t0 = time.perf_counter()
-    model, preprocessor, stitched = _load_any(opts.model)
-    ds = _load_data(opts, _task_of(model))
+    model, preprocessor, stitched = load_any(opts.model)
+    ds = _load_data(opts, task_of(model))
     result = evaluate_model(model, preprocessor, ds, opts.metric, opts)
     flops, params = _cost(model, opts.seq_len)
     result.update({"model": opts.model, "stitched": stitched, "flops": flops, "params": params,
-                   "flops_unit": f"per sequence of {opts.seq_len} tokens" if _task_of(model) == CAUSAL_LM
+                   "flops_unit": f"per sequence of {opts.seq_len} tokens" if task_of(model) == CAUSAL_LM
                    else "per image", "seconds": time.perf_counter() - t0})
     if stitched:
         result["config"] = {"front_blocks": model.config.front_blocks, "back_start": model.config.back_start}
@@ -275,9 +261,6 @@ def _model_dirs(opts: ParetoOptions) -> list[str]:
 
 def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     """``hf-klas pareto``: evaluate anchors + candidates / stitched models, write the table, front, AUC and plot."""
-    from ..loading import resolve_anchor, same_anchor
-    from . import ParetoPoint, front_auc, pareto_front, plot_pareto, write_pareto_table
-
     opts = _options(ParetoOptions, opts, kwargs)
     t0 = time.perf_counter()
     # ---- validate before evaluating or writing anything -----------------------------------------------------------
@@ -287,8 +270,6 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
         raise HfKlasError(f"Unknown stitch_init {opts.stitch_init!r}.", "Use 'least_squares' or 'identity'.")
     plan = None
     if opts.plan:
-        from ..selection.plan import StitchPlan
-
         plan = StitchPlan.load(opts.plan)
         if not plan.candidates:
             raise HfKlasError(f"The plan in {opts.plan} has no candidates.", "Re-run hf-klas select.")
@@ -316,7 +297,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
         if same_anchor(front, back):
             back = front  # self-stitching named two ways (alias and path): one anchor, one reference point
     seq_len = plan.seq_len if plan is not None and plan.seq_len else opts.seq_len
-    task = anatomy_for(front.config).task if front is not None else None
+    task = family_of(front.config).task if front is not None else None
     out = Path(opts.out_dir)
 
     # ---- evaluate --------------------------------------------------------------------------------------------------
@@ -328,7 +309,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     def measure(model, preprocessor):
         nonlocal ds, metric_name, higher
         if ds is None:
-            ds = _load_data(opts, _task_of(model))
+            ds = _load_data(opts, task_of(model))
         res = evaluate_model(model, preprocessor, ds, opts.metric, opts)
         metric_name, higher = res["metric"], res["higher_is_better"]
         return res
@@ -347,10 +328,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
                                              metric=res["value"], kind="anchor", scores=_scores(res)))
     points += anchor_points
     if plan is not None:
-        from ..building import StitchedModel
-        from ..selection.api import load_calibration_arg
-
-        calibration = load_calibration_arg(opts.calibration)
+        calibration = calibration_from_path(opts.calibration)
         name = f"{plan.method} ({'least-squares init' if opts.stitch_init == 'least_squares' else 'identity init'})"
         series[name] = []
         from tqdm.auto import tqdm
@@ -372,11 +350,11 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
         from tqdm.auto import tqdm
 
         for d in tqdm(dirs, desc="pareto: stitched models", disable=not opts.progress):
-            model, pre, stitched = _load_any(d)
+            model, pre, stitched = load_any(d)
             if not stitched:
                 raise HfKlasError(f"{d} is not a stitched model.", "List only stitched model directories in models.")
-            if task is not None and _task_of(model) != task:
-                raise HfKlasError(f"{d} is a {_task_of(model)} model, the anchors {task} models.",
+            if task is not None and task_of(model) != task:
+                raise HfKlasError(f"{d} is a {task_of(model)} model, the anchors {task} models.",
                                   "Evaluate one task per Pareto front.")
             res = measure(model, pre)
             flops, params = _cost(model, seq_len)
@@ -443,3 +421,8 @@ def _point_dict(p) -> dict:
     if isinstance(d.get("metric"), float) and not math.isfinite(d["metric"]):
         d["metric"] = None
     return d
+
+
+def cli_options(run_name: str, argv: list[str]) -> list[type]:
+    """The dataclasses whose fields are ``hf-klas evaluate`` / ``hf-klas pareto``'s flags."""
+    return [EvaluateOptions if run_name == "run_evaluate" else ParetoOptions]

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..version import __version__
 
 __all__ = ["ParetoPoint", "pareto_front", "front_auc", "attainment_curve", "write_pareto_table",
            "plot_pareto", "AUC_DEFINITION"]
@@ -177,8 +178,6 @@ def write_pareto_table(points, path_json, higher_is_better: bool = True, flops_m
     ``by_selector`` gives each selector's own front and AUC with the anchors included, so selectors are
     compared on equal terms. ``flops_min/max`` default to the anchors' FLOPs (all points if < 2 anchors).
     """
-    from ..version import __version__
-
     points = list(points)
     auto_min, auto_max = _anchor_range(points)
     flops_min = auto_min if flops_min is None else flops_min

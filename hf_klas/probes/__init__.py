@@ -8,21 +8,16 @@ token conventions and the saved-folder layout.
 
 from __future__ import annotations
 
-from .base import Probe, ProbeConfig, anchor_identity, weights_digest
+from dataclasses import fields, replace
+
+from ..errors import CalibrationError, HfKlasError
+from .base import PROBES, Probe, ProbeConfig, anchor_identity, weights_digest
 from .logit_lens import LogitLens, LogitLensConfig
 from .probenet import ProbeNet, ProbeNetConfig
 from .tuned_lens import TunedLens, TunedLensConfig
 
-PROBES: dict[str, type[Probe]] = {
-    LogitLens.probe_type: LogitLens,
-    TunedLens.probe_type: TunedLens,
-    ProbeNet.probe_type: ProbeNet,
-}
-
 
 def probe_class(name: str) -> type[Probe]:
-    from ..errors import HfKlasError
-
     if name not in PROBES:
         raise HfKlasError(f"Unknown probe {name!r}.", f"Use one of {sorted(PROBES)}.")
     return PROBES[name]
@@ -34,10 +29,6 @@ def build_probe(name: str, model, batches: list[dict] | None = None, config: Pro
 
     ``options`` override fields of the probe's config dataclass (e.g. ``max_steps=20``); unknown ones fail.
     """
-    from dataclasses import fields, replace
-
-    from ..errors import CalibrationError, HfKlasError
-
     cls = probe_class(name)
     config = config if config is not None else cls.config_class()
     known = {f.name for f in fields(cls.config_class)}

@@ -29,14 +29,18 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..anatomy import CAUSAL_LM, anatomy_for, final_logit_softcap, get_final_norm, get_head
+from ..anatomy import final_logit_softcap, get_final_norm, get_head
 from ..errors import HfKlasError, ProbeMismatchError, VersionError
-from ..loading import fingerprint_config
+from ..families import CAUSAL_LM, family_of
+from ..loading import fingerprint_config, resolve_anchor
 from ..version import __version__
 
 PROBE_CONFIG_NAME = "probe_config.json"
+#: probe type -> class, filled as the probe modules define their classes (hf_klas.probes imports them all)
+PROBES: dict[str, type] = {}
 PROBE_WEIGHTS_NAME = "probe.safetensors"
 FORMAT_VERSION = 1
 POOLINGS = ("cls", "mean")
@@ -111,6 +115,10 @@ class Probe(nn.Module):
     config_class: ClassVar[type] = ProbeConfig
     trainable: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        PROBES[cls.probe_type] = cls  # every probe module registers itself by defining its class
+
     def __init__(self, model: nn.Module, config: ProbeConfig | None = None):
         super().__init__()
         config = config if config is not None else self.config_class()
@@ -119,7 +127,7 @@ class Probe(nn.Module):
                               f"{type(config).__name__}.", f"Pass {self.config_class.__name__}(...).")
         config.validate()
         self.config = config
-        fam = anatomy_for(model.config)
+        fam = family_of(model.config)
         object.__setattr__(self, "anchor_model", model)  # not a submodule: never saved, never trained
         self.task = fam.task
         self.is_lm = fam.task == CAUSAL_LM
@@ -255,7 +263,6 @@ class Probe(nn.Module):
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> Path:
         """Write ``probe_config.json`` (+ ``probe.safetensors`` when the probe has parameters)."""
-        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -285,8 +292,6 @@ class Probe(nn.Module):
         Raises :class:`~hf_klas.errors.ProbeMismatchError` when the folder belongs to another anchor (other
         shapes or other weights) or to another probe type than ``cls``.
         """
-        from . import PROBES
-
         directory = Path(directory)
         path = directory / PROBE_CONFIG_NAME
         if not path.is_file():
@@ -319,7 +324,6 @@ class Probe(nn.Module):
         probe = probe_cls(model, _config_from_dict(probe_cls.config_class, record.get("config", {})))
         weights = directory / PROBE_WEIGHTS_NAME
         if weights.is_file():
-            from safetensors.torch import load_file
 
             state = load_file(str(weights))
             missing, unexpected = probe.load_state_dict(state, strict=False)
@@ -337,6 +341,4 @@ class Probe(nn.Module):
 def _anchor_model(anchor) -> nn.Module:
     if isinstance(anchor, nn.Module):
         return anchor
-    from ..loading import resolve_anchor
-
     return resolve_anchor(anchor).load_full().eval()

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..activations import run_prefix
-from ..errors import CalibrationError
+from ..errors import CalibrationError, NumericalError
 from .base import Probe, ProbeConfig
 
 #: exp() of log-probs below about -87 underflows: torch's CPU exp takes a ~60x slower path there and the
@@ -162,7 +162,6 @@ class TunedLens(Probe):
                 opt.step()
             after = self.mean_kl_to_final(feats[:, eval_idx])
         if not math.isfinite(after):
-            from ..errors import NumericalError
 
             raise NumericalError("Tuned-lens training diverged (non-finite KL).", "Lower lr or max_steps.")
         return {"kl_before": before, "kl_after": after, "steps": cfg.max_steps, "tokens": n_tok}

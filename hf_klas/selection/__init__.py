@@ -28,7 +28,6 @@ from .scoring import (
     bucket_edges,
     candidate_set,
     denominator_floor,
-    format_flops,
     gamma_matrix,
     select_anchor_pair,
 )
@@ -51,6 +50,6 @@ __all__ = [
     "KLMatrixAccumulator", "PlanExistsError", "SelfStitchLS", "StitchPlan", "SubsampledCKA", "TopKErrorReport",
     "TopKKLMatrixAccumulator", "WithinAnchorKL", "all_configs", "assign_buckets", "best_under_budget",
     "block_influence_matrix", "bucket_edges", "candidate_set", "cross_entropy_scores", "denominator_floor",
-    "final_output_kl", "format_flops", "gamma_matrix", "linear_cka", "ls_relative_mse", "ls_replacement_stats",
+    "final_output_kl", "gamma_matrix", "linear_cka", "ls_relative_mse", "ls_replacement_stats",
     "naive_kl_matrix", "random_scores", "select_anchor_pair", "self_stitch_mask", "topk_kl_error",
 ]

@@ -8,7 +8,7 @@
 
 Plan cache: a plan depends on both anchors (weights), the method and its options, the calibration batches and
 the FLOPs token count. Its key hashes exactly those (:func:`plan_cache_key`), and plans live in
-``hf_klas.loading.cache_dir()/plans/<key>/plan.json``; a second call with another budget reads the plan and
+``hf_klas.storage.cache_dir()/plans/<key>/plan.json``; a second call with another budget reads the plan and
 runs no anchor forward pass. ``plan=`` (a :class:`StitchPlan` or a plan directory) skips the cache entirely.
 
 FLOPs are counted for one sequence of ``seq_len = 128`` tokens for LLMs (``DEFAULT_SEQ_LEN``: the calibration
@@ -22,25 +22,37 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 
-from ..calibration import calibration_batches
+from ..activations import run_prefix
+from ..anatomy import check_compatible
+from ..calibration import calibration_batches, calibration_from_path
 from ..errors import BudgetError, CalibrationError, HfKlasError, StitchPointError
-from ..loading import Anchor, cache_dir, resolve_anchor
+from ..families import CAUSAL_LM, task_of
+from ..flops import DEFAULT_SEQ_LEN, anchor_flops
+from ..loading import Anchor, resolve_anchor
+from ..probes import LogitLens
+from ..storage import cache_dir
 from ..version import __version__
+from .divergence import FinalOutputKLAccumulator
 from .plan import PLAN_FILE, PlanExistsError, StitchPlan
-from .selectors import SELECTORS, get_selector
-from .selectors.base import (DEFAULT_SEQ_LEN, anchor_key, descriptor, grids, is_lm, same_anchor, valid_mask)
+from .selectors import SELECTORS, Selector, SelectorConfig, get_selector, selector_class
+from .selectors.base import anchor_key, descriptor, grids, load_model, same_anchor, valid_mask
 
 POLICIES = ("top_bucket", "lowest")
 
 
 @dataclass
 class SelectOptions:
-    """Options of ``hf-klas select`` / :func:`run_select`."""
+    """Options of ``hf-klas select`` / :func:`run_select`: which anchors, which method, which data, what to write.
+
+    The method's own options (buckets, tau, probe, ...) are its :class:`SelectorConfig` -- on the command line
+    they are flags of their own (``hf-klas select --method klas --help`` lists KLAS's); in Python pass
+    ``run_select(opts, KlasConfig(...))`` or keywords.
+    """
 
     front: str | None = field(default=None, metadata={
         "help": "Front (cheaper) anchor: alias (smollm2-135m, vit-fmnist-tiny, llama-1b), Hub id, directory or "
@@ -54,31 +66,34 @@ class SelectOptions:
         "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
                 "configuration to build."})
     method: str = field(default="klas", metadata={"help": f"Selector: {', '.join(SELECTORS)}."})
-    probe: str | None = field(default=None, metadata={
-        "help": "KLAS/CE probe: logit_lens (default), tuned_lens, probenet (vision)."})
-    num_buckets: int = field(default=20, metadata={"help": "FLOPs buckets of the candidate set."})
-    tau: float = field(default=0.05, metadata={"help": "Keep configurations within (1+tau) x a bucket's best."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "
                 "default of hf_klas.calibration."})
     calibration_samples: int = field(default=64, metadata={"help": "Number of calibration samples used."})
-    calibration_length: int = field(default=128, metadata={"help": "Max tokens per calibration text."})
+    calibration_length: int = field(default=DEFAULT_SEQ_LEN, metadata={"help": "Max tokens per calibration text."})
     batch_size: int = field(default=8, metadata={"help": "Calibration batch size."})
     seq_len: int = field(default=DEFAULT_SEQ_LEN, metadata={
         "help": "Tokens per sequence at which LLM FLOPs are counted (budgets use the same count)."})
-    seed: int = field(default=0, metadata={"help": "Seed (random selector, trained probes)."})
     policy: str = field(default="top_bucket", metadata={
         "help": "Budget pick: top_bucket (best score in the dearest FLOPs bucket that fits) or lowest "
                 "(lowest score among all that fit)."})
-    topk: int | None = field(default=None, metadata={"help": "KLAS top-k approximation of Θ (None: exact)."})
-    max_chunk_mb: int = field(default=256, metadata={
-        "help": "Bound (MB) on one [blocks, tokens, vocab] float32 buffer of the streamed pass."})
     out_dir: str = field(default="stitch_plan", metadata={"help": "Where plan.json and the PNGs are written."})
     overwrite: bool = field(default=False, metadata={"help": "Replace an existing plan in out_dir."})
     use_cache: bool = field(default=True, metadata={
-        "help": "Reuse / store plans in the cache (hf_klas.loading.cache_dir()/plans)."})
+        "help": "Reuse / store plans in the cache (hf_klas.storage.cache_dir()/plans)."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+
+    def __post_init__(self):
+        """Checked here, once, where the values enter (API and CLI alike)."""
+        selector_class(self.method)
+        check_policy(self.policy)
+        check_budget_value(self.budget)
+        if self.anchors and (self.front or self.back):
+            raise HfKlasError("Both anchors=[...] and front/back were given.",
+                              "Pass either anchors (k >= 2, the pair is chosen) or front [+ back].")
+        if not self.anchors and not self.front:
+            raise HfKlasError("No anchor was given.", "Pass front (and back), or anchors=[a, b, ...].")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -110,48 +125,13 @@ def plan_cache_dir() -> Path:
     return cache_dir() / "plans"
 
 
-def load_calibration_arg(value):
-    """The CLI's ``--calibration PATH`` as data ``calibration_batches`` accepts (None -> offline default)."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, (str, Path)):
-        return value
-    path = Path(value)
-    if path.is_dir():
-        import datasets
-
-        return datasets.load_from_disk(str(path))
-    if not path.is_file():
-        raise CalibrationError(f"Calibration path {path} does not exist.",
-                               "Pass a .txt/.json/.jsonl file or a datasets directory, or omit it for the default.")
-    if path.suffix in (".json", ".jsonl"):
-        import datasets
-
-        return datasets.load_dataset("json", data_files=str(path), split="train")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    if not lines:
-        raise CalibrationError(f"Calibration file {path} is empty.", "Put one calibration text per line.")
-    return lines
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise HfKlasError(f"Unknown budget policy {policy!r}.", f"Use one of {POLICIES}.")
 
 
-def _selector_options(method: str, **given) -> dict:
-    """Keep only the options the method has; refuse an explicitly set option it does not have."""
-    from dataclasses import fields
-
-    known = {f.name for f in fields(SELECTORS[method].config_class)} if method in SELECTORS else set()
-    out = {}
-    for k, v in given.items():
-        if v is None:
-            continue
-        if k in known:
-            out[k] = v
-        elif k in ("probe", "topk"):
-            raise HfKlasError(f"Method {method!r} has no {k!r} option (it is a KLAS/CE option).",
-                              f"Drop {k}=..., or use method='klas'.")
-    return out
-
-
-def _check_budget_value(budget) -> None:
+def check_budget_value(budget) -> None:
+    """A budget must be a positive number (FLOPs, or a fraction of the back anchor); None = no budget."""
     if budget is None:
         return
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
@@ -160,12 +140,13 @@ def _check_budget_value(budget) -> None:
 
 
 def _dry_plan(front: Anchor, back: Anchor, same: bool, seq_len, image_size) -> StitchPlan:
-    """A score-free plan used only to validate a budget before any anchor runs (same checks, same message)."""
+    """A score-free plan used only to validate a budget before any anchor runs (same checks, same message);
+    its FLOPs/params grids are handed on to the selector, so they are computed once."""
     flops, params, a_flops = grids(front.config, back.config, seq_len, image_size, same=same)
     m, n = flops.shape
     return StitchPlan(method="budget-check", front=descriptor(front), back=descriptor(back),
                       score=torch.zeros(m, n, dtype=torch.float64), flops=flops, valid_mask=valid_mask(m, n, same),
-                      anchor_flops=a_flops)
+                      anchor_flops=a_flops, params=params)
 
 
 def check_plan_matches(plan: StitchPlan, front: Anchor, back: Anchor) -> None:
@@ -182,30 +163,30 @@ def check_plan_matches(plan: StitchPlan, front: Anchor, back: Anchor) -> None:
 
 
 def _resolve_pair(front, back):
+    """Resolved anchors and whether they are one model; two anchors that cannot be stitched fail here."""
     front_anchor = resolve_anchor(front)
     back_anchor = front_anchor if back is None else resolve_anchor(back)
     same = same_anchor(front_anchor, back_anchor)
-    return front_anchor, (front_anchor if same else back_anchor), same
+    back_anchor = front_anchor if same else back_anchor
+    check_compatible(front_anchor.config, back_anchor.config)
+    return front_anchor, back_anchor, same
 
 
 # --------------------------------------------------------------------------------------------------------
 # plans
 # --------------------------------------------------------------------------------------------------------
-def compute_plan(front, back=None, calibration=None, method: str = "klas", *, cache: bool = True,
+def compute_plan(front, back=None, calibration=None, method: str | Selector = "klas", *, cache: bool = True,
                  progress: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
-                 max_length: int = 128, max_samples: int | None = 64, **selector_options):
-    """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method``; returns
-    ``(plan, info)`` with ``info["cached"]`` telling whether the cache answered (no anchor ran)."""
+                 max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64, grids_=None, **selector_options):
+    """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method`` (a name with its options
+    as keywords, or a built :class:`Selector`); returns ``(plan, info)`` with ``info["cached"]`` telling whether
+    the cache answered (no anchor ran). ``grids_``: the ``(flops, params)`` grids when the caller has them."""
     t0 = time.perf_counter()
-    if method not in SELECTORS:
-        raise HfKlasError(f"Unknown selection method {method!r}.", f"Use one of: {', '.join(SELECTORS)}.")
+    selector = method if isinstance(method, Selector) else get_selector(method, **selector_options)
+    method = selector.name
     front_anchor, back_anchor, same = _resolve_pair(front, back)
-    from ..anatomy import check_compatible
-
-    check_compatible(front_anchor.config, back_anchor.config)
-    selector = get_selector(method, **selector_options)
     selector.check_pair(same)
-    lm = is_lm(front_anchor.config)
+    lm = task_of(front_anchor.config) == CAUSAL_LM
     seq_len = (seq_len or DEFAULT_SEQ_LEN) if lm else None
     batches = None
     if selector.needs_data:
@@ -235,7 +216,8 @@ def compute_plan(front, back=None, calibration=None, method: str = "klas", *, ca
     if batches and lm:
         info_cal["tokens"] = int(sum(int(b["attention_mask"].sum()) if "attention_mask" in b
                                      else b["input_ids"].numel() for b in batches))
-    plan = selector.select(front_anchor, None if same else back_anchor, batches, seq_len=seq_len,
+    flops, params = grids_ if grids_ is not None else (None, None)
+    plan = selector.select(front_anchor, None if same else back_anchor, batches, flops, params, seq_len=seq_len,
                            image_size=image_size, progress=progress, calibration_info=info_cal)
     if cache:
         plan.save(path, overwrite=True)
@@ -245,9 +227,10 @@ def compute_plan(front, back=None, calibration=None, method: str = "klas", *, ca
 
 
 def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None = None, calibration=None,
-                      method: str = "klas", plan=None, progress: bool = True, *, policy: str = "top_bucket",
-                      cache: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
-                      max_length: int = 128, max_samples: int | None = 64, **selector_options):
+                      method: str | Selector = "klas", plan=None, progress: bool = True, *,
+                      policy: str = "top_bucket", cache: bool = True, seq_len: int | None = None, image_size=None,
+                      batch_size: int = 8, max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64,
+                      **selector_options):
     """The configuration to build for ``budget_flops`` and the plan it came from: ``(Candidate, StitchPlan)``.
 
     ``plan``: a :class:`StitchPlan` or plan directory to reuse (no selection runs); otherwise the plan comes from
@@ -256,9 +239,8 @@ def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None
     :meth:`StitchPlan.best_for_budget`. A budget outside the feasible range raises
     :class:`~hf_klas.errors.BudgetError` with the range -- before any anchor runs.
     """
-    if policy not in POLICIES:
-        raise HfKlasError(f"Unknown budget policy {policy!r}.", f"Use one of {POLICIES}.")
-    _check_budget_value(budget_flops)
+    check_policy(policy)
+    check_budget_value(budget_flops)
     front, back, same = _resolve_pair(front_anchor, back_anchor)
     budget = 1.0 if budget_flops is None else budget_flops
     if plan is not None:
@@ -266,14 +248,12 @@ def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None
             plan = StitchPlan.load(plan)
         check_plan_matches(plan, front, back)
         return plan.best_for_budget(budget, policy=policy), plan
-    from ..anatomy import check_compatible
-
-    check_compatible(front.config, back.config)
-    lm = is_lm(front.config)
-    _dry_plan(front, back, same, (seq_len or DEFAULT_SEQ_LEN) if lm else None, image_size).best_for_budget(budget)
+    lm = task_of(front.config) == CAUSAL_LM
+    dry = _dry_plan(front, back, same, (seq_len or DEFAULT_SEQ_LEN) if lm else None, image_size)
+    dry.best_for_budget(budget)
     plan, _ = compute_plan(front, None if same else back, calibration, method, cache=cache, progress=progress,
                            seq_len=seq_len, image_size=image_size, batch_size=batch_size, max_length=max_length,
-                           max_samples=max_samples, **selector_options)
+                           max_samples=max_samples, grids_=(dry.flops, dry.params), **selector_options)
     return plan.best_for_budget(budget, policy=policy), plan
 
 
@@ -290,16 +270,8 @@ def select_anchors(anchors: list, calibration=None, *, symmetric: bool = False, 
     KL(P_front ‖ P_back) (``symmetric=True``: the mean of both directions). Every anchor runs once per batch;
     the final distributions are streamed in token chunks (no [tokens, vocab] tensor of the whole data).
     Returns dicts ``{"front", "back", "final_kl", "front_flops", "back_flops", "front_index", "back_index"}``;
-    the first entry is the pair :func:`hf_klas.selection.scoring.select_anchor_pair` picks.
+    the first entry is the pair to stitch (the rule of :func:`hf_klas.selection.scoring.select_anchor_pair`).
     """
-    from ..activations import run_prefix
-    from ..anatomy import check_compatible
-    from ..flops import anchor_flops
-    from ..probes import LogitLens
-    from .divergence import FinalOutputKLAccumulator
-    from .scoring import select_anchor_pair
-    from .selectors.base import load_model
-
     anchors = list(anchors or [])
     if len(anchors) < 2:
         raise StitchPointError(
@@ -310,7 +282,7 @@ def select_anchors(anchors: list, calibration=None, *, symmetric: bool = False, 
     for other in resolved[1:]:
         check_compatible(resolved[0].config, other.config)
     names = [str(a.name_or_path) for a in resolved]
-    lm = is_lm(resolved[0].config)
+    lm = task_of(resolved[0].config) == CAUSAL_LM
     sl = (seq_len or DEFAULT_SEQ_LEN) if lm else None
     costs = [float(anchor_flops(a.config, seq_len=sl).total) for a in resolved]
     pre = next((p for p in (a.load_preprocessor() for a in resolved) if p is not None), None)
@@ -341,40 +313,28 @@ def select_anchors(anchors: list, calibration=None, *, symmetric: bool = False, 
             ranked.append({"front": names[lo], "back": names[hi], "final_kl": score, "front_flops": costs[lo],
                            "back_flops": costs[hi], "front_index": lo, "back_index": hi})
     ranked.sort(key=lambda r: (r["final_kl"], r["front_flops"] + r["back_flops"]))
-    best = select_anchor_pair(kl, costs, symmetric=symmetric, names=names)
-    if (ranked[0]["front_index"], ranked[0]["back_index"]) != tuple(best):  # pragma: no cover - same rule
-        raise AssertionError("anchor ranking disagrees with select_anchor_pair")
     return ranked
 
 
 # --------------------------------------------------------------------------------------------------------
 # the command
 # --------------------------------------------------------------------------------------------------------
-def run_select(opts: SelectOptions | None = None, **kwargs) -> dict:
-    """``hf-klas select``: write ``<out_dir>/plan.json``, ``heatmap.png``, ``candidates.png``; return a summary."""
-    if opts is None:
-        opts = SelectOptions(**kwargs)
-    elif kwargs:
-        from dataclasses import replace
+def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | None = None, **kwargs) -> dict:
+    """``hf-klas select``: write ``<out_dir>/plan.json``, ``heatmap.png``, ``candidates.png``; return a summary.
 
-        opts = replace(opts, **kwargs)
+    ``selector``: the method's config (``KlasConfig(probe="tuned_lens")``); ``kwargs`` may mix
+    :class:`SelectOptions` fields and the method's options (``run_select(opts, method="cka", max_tokens=512)``).
+    """
+    own = {f.name for f in fields(SelectOptions)}
+    opts = replace(opts, **{k: v for k, v in kwargs.items() if k in own}) if opts is not None else \
+        SelectOptions(**{k: v for k, v in kwargs.items() if k in own})
+    method_options = {k: v for k, v in kwargs.items() if k not in own}
+    built = get_selector(opts.method, selector, **method_options)  # its options fail now, not after the pass
     t0 = time.perf_counter()
-    # ---- validate everything before computing or writing -------------------------------------------
-    if opts.method not in SELECTORS:
-        raise HfKlasError(f"Unknown selection method {opts.method!r}.", f"Use one of: {', '.join(SELECTORS)}.")
-    if opts.policy not in POLICIES:
-        raise HfKlasError(f"Unknown budget policy {opts.policy!r}.", f"Use one of {POLICIES}.")
-    _check_budget_value(opts.budget)
-    sel_opts = _selector_options(opts.method, probe=opts.probe, num_buckets=opts.num_buckets, tau=opts.tau,
-                                 seed=opts.seed, topk=opts.topk, max_chunk_mb=opts.max_chunk_mb)
-    get_selector(opts.method, **sel_opts)  # option errors now, not after the pass
-    if opts.anchors and (opts.front or opts.back):
-        raise HfKlasError("Both anchors=[...] and front/back were given.",
-                          "Pass either anchors (k >= 2, the pair is chosen) or front [+ back].")
     out = Path(opts.out_dir)
     if (out / PLAN_FILE).exists() and not opts.overwrite:
         raise PlanExistsError(f"{out / PLAN_FILE} already exists.", "Choose another out_dir or pass overwrite=True.")
-    calibration = load_calibration_arg(opts.calibration)
+    calibration = calibration_from_path(opts.calibration)
     summary: dict = {}
     if opts.anchors:
         ranking = select_anchors(opts.anchors, calibration, progress=opts.progress, seq_len=opts.seq_len,
@@ -383,18 +343,17 @@ def run_select(opts: SelectOptions | None = None, **kwargs) -> dict:
         front = opts.anchors[ranking[0]["front_index"]]
         back = opts.anchors[ranking[0]["back_index"]]
         summary["anchor_ranking"] = ranking
-    elif opts.front:
-        front, back = opts.front, opts.back
     else:
-        raise HfKlasError("No anchor was given.", "Pass front (and back), or anchors=[a, b, ...].")
+        front, back = opts.front, opts.back
     front_anchor, back_anchor, same = _resolve_pair(front, back)
-    lm = is_lm(front_anchor.config)
+    lm = task_of(front_anchor.config) == CAUSAL_LM
+    dry = _dry_plan(front_anchor, back_anchor, same, opts.seq_len if lm else None, None)
     if opts.budget is not None:
-        _dry_plan(front_anchor, back_anchor, same, opts.seq_len if lm else None, None).best_for_budget(opts.budget)
-    plan, info = compute_plan(front_anchor, None if same else back_anchor, calibration, opts.method,
+        dry.best_for_budget(opts.budget)
+    plan, info = compute_plan(front_anchor, None if same else back_anchor, calibration, built,
                               cache=opts.use_cache, progress=opts.progress, seq_len=opts.seq_len,
                               batch_size=opts.batch_size, max_length=opts.calibration_length,
-                              max_samples=opts.calibration_samples, **sel_opts)
+                              max_samples=opts.calibration_samples, grids_=(dry.flops, dry.params))
     chosen = plan.best_for_budget(opts.budget, policy=opts.policy) if opts.budget is not None else None
     plan.save(out, overwrite=opts.overwrite)
     files = [str(out / PLAN_FILE), str(plan.plot_heatmap(out / "heatmap.png")),
@@ -419,3 +378,14 @@ def run_select(opts: SelectOptions | None = None, **kwargs) -> dict:
     if "forward_calls" in info:
         summary["forward_calls"] = info["forward_calls"]
     return summary
+
+
+def cli_options(run_name: str, argv: list[str]) -> list[type]:
+    """``hf-klas select``'s flags: :class:`SelectOptions` and the chosen ``--method``'s own config."""
+    method = "klas"
+    for k, arg in enumerate(argv):
+        if arg in ("--method",) and k + 1 < len(argv):
+            method = argv[k + 1]
+        elif arg.startswith("--method="):
+            method = arg.split("=", 1)[1]
+    return [SelectOptions, selector_class(method if method in SELECTORS else "klas").config_class]

@@ -49,7 +49,9 @@ from tqdm.auto import tqdm
 
 from ..activations import run_prefix
 from ..errors import CalibrationError, HfKlasError, IncompatibleAnchorsError, NumericalError
+from ..families import CAUSAL_LM, family_of
 from ..probes.base import Probe
+from .divergence import KLMatrixAccumulator, TopKKLMatrixAccumulator
 
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 #: Tokens per chunk (the unembedding matmul has ``chunk x points`` rows: 496 for SmolLM2).
@@ -272,14 +274,10 @@ class KLEngine:
         self._seconds = 0.0
         self._fused = self.topk is None and self.kernel == "fused"
         if self.topk is not None:
-            from .divergence import TopKKLMatrixAccumulator
-
             self._acc = TopKKLMatrixAccumulator(P, P, int(self.topk), front_labels=self._labels(),
                                                 back_labels=self._labels(), front_name="stacked",
                                                 back_name="stacked")
         elif not self._fused:
-            from .divergence import KLMatrixAccumulator
-
             self._acc = KLMatrixAccumulator(P, P, front_labels=self._labels(), back_labels=self._labels(),
                                             front_name="stacked", back_name="stacked",
                                             max_elements=max(P * V, self.max_chunk_bytes // 4))
@@ -432,11 +430,6 @@ class KLEngine:
                              "(float32 overflow in the KL sums).", "Use kernel='reference' (float64 totals).")
 
 
-def compute_theta(front_probe: Probe, back_probe: Probe | None, batches: list[dict], **kwargs) -> KLResult:
-    """Convenience wrapper: ``KLEngine(front_probe, back_probe, **kwargs).run(batches)``."""
-    return KLEngine(front_probe, back_probe, **kwargs).run(batches)
-
-
 # ------------------------------------------------------------------------------------------------------
 # Hidden-state stream for the feature baselines (CKA, MSE, block influence, LS replacement)
 # ------------------------------------------------------------------------------------------------------
@@ -448,9 +441,7 @@ def stream_hidden(front_model, back_model, batches: list[dict], *, same: bool, p
     Each anchor runs once per batch (once in all for self-stitching, ``back_outputs`` is then None). Samples
     are every non-padding token (LLM) or every token of every image (ViT: the stitch maps every token).
     """
-    from ..anatomy import CAUSAL_LM, anatomy_for
-
-    is_lm = anatomy_for(front_model.config).task == CAUSAL_LM
+    is_lm = family_of(front_model.config).task == CAUSAL_LM
     m, n = front_model.config.num_hidden_layers, back_model.config.num_hidden_layers
     calls = {"front": 0, "back": 0}
 

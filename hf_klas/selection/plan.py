@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from ..errors import BudgetError, HfKlasError
+from ..flops import format_flops
 from ..version import __version__
-from .scoring import Candidate, all_configs, format_flops
+from .scoring import Candidate, all_configs
 
 try:  # added to errors.py alongside this module; keep loading working if it is absent
     from ..errors import VersionError
@@ -118,7 +119,7 @@ def _eq_t(a, b) -> bool:
 class StitchPlan:
     """A selector's output: scores, costs and the candidate set for one (front, back) anchor pair.
 
-    ``score`` is the method's [m, n] score, lower is better (Γ for KLAS; :attr:`gamma` is an alias).
+    ``score`` is the method's [m, n] score, lower is better (Γ for KLAS).
     ``anchor_flops`` = (front anchor FLOPs, back anchor FLOPs), counted like ``flops`` (seq_len tokens or
     one image_size image). ``bucket_edges`` are the FLOPs bucket edges used for the candidate set.
     """
@@ -174,11 +175,6 @@ class StitchPlan:
 
     # ---- convenience --------------------------------------------------------------------------------------
     @property
-    def gamma(self) -> torch.Tensor:
-        """Alias of ``score`` (Γ for KLAS plans)."""
-        return self.score
-
-    @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.score.shape)
 
@@ -204,7 +200,7 @@ class StitchPlan:
             "image_size": self.image_size,
             "anchor_flops": [_enc_float(x) for x in self.anchor_flops],
             "bucket_edges": self.bucket_edges,
-            "candidates": [dict(c.to_dict(), gamma=_enc_float(c.gamma), flops=_enc_float(c.flops))
+            "candidates": [dict(c.to_dict(), score=_enc_float(c.score), flops=_enc_float(c.flops))
                            for c in self.candidates],
             "calibration": self.calibration,
             "extra": self.extra,
@@ -242,7 +238,8 @@ class StitchPlan:
             theta=_dec_matrix(mats.get("theta")),
             valid_mask=_dec_matrix(mats["valid_mask"], torch.bool),
             anchor_flops=tuple(_dec_float(x) for x in d["anchor_flops"]),
-            candidates=[Candidate.from_dict(dict(c, gamma=_dec_float(c["gamma"]), flops=_dec_float(c["flops"])))
+            candidates=[Candidate.from_dict(dict(c, score=_dec_float(c.get("score", c.get("gamma"))),
+                                                 flops=_dec_float(c["flops"])))
                         for c in d.get("candidates", [])],
             bucket_edges=d.get("bucket_edges"),
             calibration=d.get("calibration") or {},
@@ -343,7 +340,7 @@ class StitchPlan:
         if policy == "top_bucket":
             top = max(c.bucket for c in pool)
             pool = [c for c in pool if c.bucket == top]
-        return min(pool, key=lambda c: (c.gamma, -c.flops, c.front_blocks, c.back_start))
+        return min(pool, key=lambda c: (c.score, -c.flops, c.front_blocks, c.back_start))
 
     # ---- plots -------------------------------------------------------------------------------------------
     def _score_label(self) -> str:
@@ -401,7 +398,7 @@ class StitchPlan:
         ax = fig.add_subplot(1, 1, 1)
         ax.scatter(self.flops[ok].numpy(), self.score[ok].numpy(), s=10, c="0.6", label="valid configurations")
         if self.candidates:
-            ax.scatter([c.flops for c in self.candidates], [c.gamma for c in self.candidates], s=30, c="red",
+            ax.scatter([c.flops for c in self.candidates], [c.score for c in self.candidates], s=30, c="red",
                        label="candidates", zorder=3)
         for k, e in enumerate(self.bucket_edges or []):
             ax.axvline(e, color="0.8", lw=0.8, ls="--", label="bucket edges" if k == 0 else None, zorder=0)

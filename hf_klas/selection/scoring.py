@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..errors import BudgetError, NumericalError, StitchPointError
+from ..flops import format_flops
 
 __all__ = [
     "Candidate",
@@ -37,7 +38,6 @@ __all__ = [
     "bucket_edges",
     "candidate_set",
     "denominator_floor",
-    "format_flops",
     "gamma_matrix",
     "select_anchor_pair",
 ]
@@ -48,7 +48,7 @@ DEFAULT_EPS_REL = 1e-3
 
 @dataclass(frozen=True)
 class Candidate:
-    """One stitch configuration with its cost and score (``gamma`` holds any lower-is-better score).
+    """One stitch configuration with its cost and its selector's score (lower is better: Γ for KLAS).
 
     ``bucket`` is the FLOPs bucket index (−1: not bucketed, e.g. from :func:`all_configs`); ``source`` says
     why it is in the set: ``"bucket"`` (argmin or within τ) or ``"cover"`` (added by ``cover_back_blocks``).
@@ -57,7 +57,7 @@ class Candidate:
     front_blocks: int
     back_start: int
     flops: float
-    gamma: float
+    score: float
     bucket: int = -1
     source: str = "bucket"
 
@@ -66,17 +66,9 @@ class Candidate:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Candidate":
-        return cls(int(d["front_blocks"]), int(d["back_start"]), float(d["flops"]), float(d["gamma"]),
+        score = d["score"] if "score" in d else d["gamma"]  # plans written before 0.2 call it gamma
+        return cls(int(d["front_blocks"]), int(d["back_start"]), float(d["flops"]), float(score),
                    int(d.get("bucket", -1)), str(d.get("source", "bucket")))
-
-
-def format_flops(x: float) -> str:
-    """Human-readable FLOPs ("3.52 GFLOPs") for error messages and plots."""
-    x = float(x)
-    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.4g} {unit}"
-    return f"{x:.4g} FLOPs"
 
 
 def _as2d(x, name: str, dtype=torch.float64) -> torch.Tensor:
@@ -212,7 +204,7 @@ def candidate_set(
             scores = torch.where(col, g[:, j], torch.full_like(g[:, j], math.inf))
             r = int(scores.argmin())
             chosen[(r, j)] = Candidate(r + 1, j, float(f[r, j]), float(g[r, j]), int(buckets[r, j]), "cover")
-    return sorted(chosen.values(), key=lambda c: (c.flops, c.gamma, c.front_blocks, c.back_start))
+    return sorted(chosen.values(), key=lambda c: (c.flops, c.score, c.front_blocks, c.back_start))
 
 
 def all_configs(gamma, flops, valid_mask=None, edges: Sequence[float] | None = None) -> list[Candidate]:
@@ -243,7 +235,7 @@ def best_under_budget(candidates_or_all: Iterable[Candidate], budget_flops: floa
             f"{format_flops(lo)} to {format_flops(hi)} (feasible range: budget >= {format_flops(lo)}).",
             f"raise the budget to at least {format_flops(lo)} ({lo:.6g} FLOPs) or use a cheaper front anchor.",
         )
-    return min(fits, key=lambda c: (c.gamma, c.flops))
+    return min(fits, key=lambda c: (c.score, c.flops))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ ViTs, not for big LLMs: restrict the pairs (``pair_mask``) or use :class:`Subsam
 from __future__ import annotations
 
 import math
+
 import torch
 
 from ..errors import CalibrationError, HfKlasError, NumericalError

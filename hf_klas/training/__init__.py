@@ -7,26 +7,16 @@
 * :class:`FinetuneOptions` / :func:`run_finetune` -- ``hf-klas finetune`` (one options dataclass, API and CLI).
 """
 
-from .api import FinetuneOptions, run_finetune
+from .api import FinetuneOptions, run_finetune, save_finetuned
+from .data import CausalLMCollator, ImageCollator, prepare_causal_lm_dataset, prepare_image_dataset
 from .distill import StitchDistillationTrainer, distillation_loss
-from .finetune import (
-    MODES,
-    CausalLMCollator,
-    ImageCollator,
-    StitchTrainer,
-    build_trainer,
-    is_stitch_parameter,
-    parameter_groups,
-    prepare_causal_lm_dataset,
-    prepare_image_dataset,
-    prepare_model,
-)
-from .lora import LORA_TARGETS, LoraTargetError, apply_lora, default_lora_config, default_target_modules, merge_lora
+from .finetune import build_trainer, train_supernet
+from .lora import LoraTargetError, apply_lora, default_lora_config, default_target_modules, merge_lora
 from .resume import TRAINING_INFO_FILE, StitchCheckpointCallback, check_checkpoint_matches, resolve_checkpoint
-from .supernet import StitchedSupernet, train_supernet
+from .supernet import StitchedSupernet
+from .trainer import MODES, StitchTrainer, is_stitch_parameter, parameter_groups, prepare_model
 
 __all__ = [
-    "LORA_TARGETS",
     "MODES",
     "TRAINING_INFO_FILE",
     "CausalLMCollator",
@@ -51,6 +41,7 @@ __all__ = [
     "prepare_model",
     "resolve_checkpoint",
     "run_finetune",
+    "save_finetuned",
     "train_supernet",
 ]
 

@@ -19,9 +19,10 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from ..anatomy import CAUSAL_LM
 from ..errors import HfKlasError
-from .finetune import StitchTrainer, _unwrap_all, model_task
+from ..families import CAUSAL_LM
+from .trainer import StitchTrainer
+from .unwrap import model_task, unwrap_model
 
 __all__ = ["StitchDistillationTrainer", "distillation_loss"]
 
@@ -71,7 +72,7 @@ class StitchDistillationTrainer(StitchTrainer):
         self._check_teacher()
 
     def _check_teacher(self):
-        student = _unwrap_all(self.model)
+        student = unwrap_model(self.model)
         cfg = getattr(student, "config", None) or getattr(student, "core").config
         tcfg = self.teacher.config
         if self._task == CAUSAL_LM:

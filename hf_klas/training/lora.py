@@ -1,9 +1,9 @@
 """LoRA on stitched models: default target modules per family, validation, merging back.
 
 A stitched model has its own ``model_type`` (``hf_klas_stitched``), so PEFT has no default ``target_modules``
-for it, and ``"all-linear"`` would also put an adapter on the stitch layer (TRANSFORMERS_NOTES §7). hf_klas's
-default is the attention and MLP projections *inside the transformer blocks* of both parts (the family table
-:data:`LORA_TARGETS`, intersected with what the installed transformers actually builds), and the stitch layer
+for it, and ``"all-linear"`` would also put an adapter on the stitch layer. hf_klas's default is the attention and MLP
+projections *inside the transformer blocks* of both parts (each family record's ``lora_targets`` in
+:mod:`hf_klas.families`, intersected with what the installed transformers actually builds), and the stitch layer
 stays fully trainable through ``modules_to_save=["stitch"]`` -- it is a fresh layer, not a pretrained one, so a
 low-rank update of it would be an arbitrary restriction. Heads, embeddings and norms stay frozen.
 
@@ -17,25 +17,11 @@ import re
 
 from torch import nn
 
-from ..anatomy import anatomy_for
 from ..errors import HfKlasError
+from ..families import CAUSAL_LM, family_of
 
-__all__ = ["LORA_TARGETS", "LoraTargetError", "default_target_modules", "default_lora_config", "apply_lora",
+__all__ = ["LoraTargetError", "default_target_modules", "default_lora_config", "apply_lora",
            "merge_lora", "available_target_names"]
-
-_LLM = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-#: Attention + MLP projections of each family's blocks. ViT/DeiT list both the transformers 5.x names
-#: (``q_proj``, ``fc1``) and the 5.0 names (``query``, ``dense``); only names present in the model are used.
-LORA_TARGETS: dict[str, tuple[str, ...]] = {
-    "llama": _LLM,
-    "mistral": _LLM,
-    "qwen2": _LLM,
-    "qwen3": _LLM,
-    "gemma3_text": _LLM,
-    "vit": ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "query", "key", "value", "dense"),
-    "deit": ("q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2", "query", "key", "value", "dense"),
-}
-
 
 class LoraTargetError(HfKlasError):
     """A LoRA configuration that names modules the stitched model does not have."""
@@ -75,13 +61,9 @@ def default_target_modules(model) -> list[str]:
     present = _block_linear_names(model)
     names: list[str] = []
     for cfg in (model.config.front_config, model.config.back_config):
-        fam_type = cfg.model_type
-        anatomy_for(cfg)  # unknown families fail here with the usual message
-        for name in LORA_TARGETS.get(fam_type, ()):
+        for name in family_of(cfg).lora_targets:  # unknown families fail here with the usual message
             if name in present and name not in names:
                 names.append(name)
-    if not names:  # a family without a table entry: every Linear inside the blocks
-        names = sorted(present)
     # A name must not also match a Linear outside the blocks (head, stitch): PEFT matches by suffix.
     outside = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and n and not _inside_blocks(model, n)}
@@ -132,8 +114,6 @@ def default_lora_config(model, r: int = 8, alpha: int | None = None, dropout: fl
         kwargs: passed to ``LoraConfig`` (e.g. ``bias``, ``use_rslora``).
     """
     from peft import LoraConfig
-
-    from ..anatomy import CAUSAL_LM
 
     stitched = _stitched(model)
     if target_modules is None:

@@ -18,11 +18,12 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..errors import CheckpointError
+from .supernet import StitchedSupernet
+from .unwrap import is_peft, unwrap_ddp, unwrap_model
 
 logger = logging.getLogger(__name__)
 TRAINER_STATE_NAME = "trainer_state.json"
@@ -34,34 +35,6 @@ __all__ = ["TRAINING_INFO_FILE", "StitchCheckpointCallback", "describe_for_check
 TRAINING_INFO_FILE = "hf_klas_training.json"
 
 
-def _is_peft(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
-    return isinstance(model, PeftModel)
-
-
-def _unwrap(model):
-    """The stitched model / supernet under DDP, PEFT and torch.compile wrappers."""
-    for _ in range(8):
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-        elif _is_peft(model):
-            model = model.get_base_model()
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            break
-    return model
-
-
-def _unwrap_ddp(model):
-    while isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-        model = model.module
-    return model
-
-
 def _part_summary(cfg) -> dict:
     return {"model_type": getattr(cfg, "model_type", None), "hidden_size": getattr(cfg, "hidden_size", None),
             "num_hidden_layers": getattr(cfg, "num_hidden_layers", None)}
@@ -69,9 +42,7 @@ def _part_summary(cfg) -> dict:
 
 def describe_for_checkpoint(model) -> dict:
     """What a checkpoint of ``model`` must match: stitch point and anchor shapes (or a supernet's configs)."""
-    from .supernet import StitchedSupernet
-
-    base = _unwrap(model)
+    base = unwrap_model(model)
     if isinstance(base, StitchedSupernet):
         return {"kind": "supernet", "configs": [list(c) for c in base.configs],
                 "front": _part_summary(base.front_config), "back": _part_summary(base.back_config)}
@@ -80,7 +51,7 @@ def describe_for_checkpoint(model) -> dict:
         return {"kind": "other", "model_type": getattr(cfg, "model_type", None)}
     return {"kind": "stitched", "front_blocks": cfg.front_blocks, "back_start": cfg.back_start,
             "front": _part_summary(cfg.front_config), "back": _part_summary(cfg.back_config),
-            "peft": _is_peft(_unwrap_ddp(model))}
+            "peft": is_peft(unwrap_ddp(model))}
 
 
 def _read_checkpoint_info(checkpoint: Path) -> dict | None:

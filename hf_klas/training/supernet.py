@@ -22,7 +22,7 @@ eval mode without an explicit configuration the dearest configuration (most FLOP
 advances the sampler. ``forward(..., stitch_config=(i, j))`` or ``with supernet.use_config(i, j):`` pins one.
 
 Stitch layers start as least-squares fits (SN-Net's initialisation) when calibration batches are given,
-otherwise as identity-like maps. Train it with :func:`train_supernet` (a :class:`StitchTrainer`: tqdm progress,
+otherwise as identity-like maps. Train it with :func:`hf_klas.training.train_supernet` (a :class:`StitchTrainer`: tqdm progress,
 checkpoints, resume, ``accelerate launch``) -- the anchors at ``anchor_lr_scale`` x the stitch learning rate.
 """
 
@@ -34,16 +34,25 @@ import random
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 from transformers.initialization import no_init_weights
 from transformers.modeling_outputs import CausalLMOutputWithPast, ImageClassifierOutput
 
-from ..anatomy import CAUSAL_LM, ties_embeddings
-from ..configuration_stitched import StitchedConfig, _as_config, validate_stitch_point
+from ..activations import run_prefix
+from ..anatomy import ties_embeddings
+from ..building import TASK_CLASSES, build_back_prefix, copy_generation_config, load_anchor_weights, stitch_info
+from ..calibration import calibration_batches
+from ..configuration_stitched import StitchedConfig, as_config, validate_stitch_point
 from ..errors import HfKlasError, StitchPointError
+from ..families import CAUSAL_LM
+from ..flops import DEFAULT_SEQ_LEN, stitch_flops
+from ..loading import resolve_anchor
+from ..selection.plan import StitchPlan
+from ..stitch_init import LeastSquaresAccumulator
 
-__all__ = ["StitchedSupernet", "train_supernet", "config_key", "SUPERNET_CONFIG_FILE", "SAMPLING"]
+__all__ = ["StitchedSupernet", "config_key", "SUPERNET_CONFIG_FILE", "SAMPLING"]
 
 SUPERNET_CONFIG_FILE = "supernet_config.json"
 SAMPLING = ("uniform", "flops")
@@ -81,12 +90,11 @@ class StitchedSupernet(nn.Module):
     """
 
     def __init__(self, front_config, back_config, configs, sampling: str = "uniform", num_buckets: int | None = None,
-                 seed: int = 0, seq_len: int = 128, buckets: list[int] | None = None, anchors: dict | None = None,
+                 seed: int = 0, seq_len: int = DEFAULT_SEQ_LEN, buckets: list[int] | None = None, anchors: dict | None = None,
                  dtype: torch.dtype = torch.float32, attn_implementation: str | None = None, _init: bool = True):
         super().__init__()
-        from ..building import TASK_CLASSES
 
-        front_config, back_config = _as_config(front_config), _as_config(back_config)
+        front_config, back_config = as_config(front_config), as_config(back_config)
         if sampling not in SAMPLING:
             raise HfKlasError(f"Unknown supernet sampling {sampling!r}.", f"Use one of {SAMPLING}.")
         given_buckets = [int(c.bucket) for c in configs if getattr(c, "bucket", -1) is not None
@@ -131,7 +139,7 @@ class StitchedSupernet(nn.Module):
     # ---- construction ----------------------------------------------------------------------------------------
     @classmethod
     def from_anchors(cls, front, back=None, configs=None, *, plan=None, calibration=None, sampling: str = "uniform",
-                     num_buckets: int | None = None, seed: int = 0, seq_len: int = 128, ridge: float = 1e-4,
+                     num_buckets: int | None = None, seed: int = 0, seq_len: int = DEFAULT_SEQ_LEN, ridge: float = 1e-4,
                      max_calibration_samples: int = 64, max_length: int = 128, dtype: torch.dtype = torch.float32,
                      progress: bool = True) -> "StitchedSupernet":
         """A supernet over ``configs`` (or ``plan.candidates``) with the anchors' weights.
@@ -140,8 +148,6 @@ class StitchedSupernet(nn.Module):
         by least squares; ``calibration=None`` keeps identity-like stitches (pass ``calibration="default"`` for
         the documented offline default data).
         """
-        from ..building import _copy_generation_config, load_anchor_weights
-        from ..loading import resolve_anchor
 
         front_anchor = resolve_anchor(front)
         back_anchor = front_anchor if back is None else resolve_anchor(back)
@@ -150,7 +156,6 @@ class StitchedSupernet(nn.Module):
                 raise HfKlasError("Neither configs nor a plan was given.",
                                   "Pass configs=[(front_blocks, back_start), ...] or plan=<StitchPlan or plan dir>.")
             if not hasattr(plan, "candidates"):
-                from ..selection.plan import StitchPlan
 
                 plan = StitchPlan.load(plan)
             configs = plan.candidates
@@ -161,10 +166,9 @@ class StitchedSupernet(nn.Module):
                   seed=seed, seq_len=seq_len, anchors=anchors, dtype=dtype, _init=False)
         load_anchor_weights(net.core, net.core.config, front_anchor, back_anchor)
         net.core._hf_klas_preprocessor = back_anchor.load_preprocessor() or front_anchor.load_preprocessor()
-        _copy_generation_config(net.core, back_anchor)
+        copy_generation_config(net.core, back_anchor)
         net.core.config.name_or_path = f"supernet({front_anchor.name_or_path} -> {back_anchor.name_or_path})"
         if calibration is not None:
-            from ..calibration import calibration_batches
 
             preprocessor = front_anchor.load_preprocessor() or back_anchor.load_preprocessor()
             batches = calibration_batches(None if isinstance(calibration, str) and calibration == "default"
@@ -189,10 +193,6 @@ class StitchedSupernet(nn.Module):
         Per batch the front anchor runs once up to the deepest ``i`` and the back anchor once up to the deepest
         ``j``; ``X^T X`` is accumulated once per distinct ``i`` and ``X^T Y`` per configuration.
         """
-        from ..activations import run_prefix
-        from ..building import build_back_prefix
-        from ..loading import resolve_anchor
-        from ..stitch_init import LeastSquaresAccumulator
 
         front, back = resolve_anchor(front), resolve_anchor(back)
         max_i = max(i for i, _ in self.configs)
@@ -218,7 +218,6 @@ class StitchedSupernet(nn.Module):
 
     # ---- FLOPs and sampling ------------------------------------------------------------------------------------
     def _flops(self) -> list[float]:
-        from ..flops import stitch_flops
 
         lm = self.task == CAUSAL_LM
         return [float(stitch_flops(self.front_config, self.back_config, i, j,
@@ -334,7 +333,6 @@ class StitchedSupernet(nn.Module):
     @torch.no_grad()
     def extract(self, front_blocks: int, back_start: int):
         """Configuration ``(i, j)`` as a standalone stitched model (weights copied, not shared)."""
-        from ..building import TASK_CLASSES, stitch_info
 
         i, j = self._check_config((front_blocks, back_start))
         core = self.core
@@ -389,7 +387,6 @@ class StitchedSupernet(nn.Module):
 
     def save_pretrained(self, directory) -> Path:
         """``supernet_config.json`` + ``model.safetensors`` (+ the anchors' tokenizer / image processor)."""
-        from safetensors.torch import save_file
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -403,7 +400,6 @@ class StitchedSupernet(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory) -> "StitchedSupernet":
-        from safetensors.torch import load_file
 
         directory = Path(directory)
         cfg_file = directory / SUPERNET_CONFIG_FILE
@@ -428,20 +424,3 @@ class StitchedSupernet(nn.Module):
 
     def extra_repr(self) -> str:
         return f"configs={self.configs}, sampling={self.sampling!r}, seed={self.seed}"
-
-
-def train_supernet(supernet: StitchedSupernet, args, train_dataset, eval_dataset=None, *, mode: str = "full",
-                   anchor_lr_scale: float = 0.1, data_collator=None, processing_class=None, callbacks=None,
-                   resume_from_checkpoint=None, teacher=None, distill_alpha: float = 0.5,
-                   distill_temperature: float = 2.0):
-    """Train ``supernet`` with a :class:`~hf_klas.training.finetune.StitchTrainer` (``mode`` ``"full"``: anchors at
-    ``anchor_lr_scale`` x LR, as SN-Net; ``"stitch"``: stitch layers only). Returns ``(trainer, train_output)``."""
-    from .finetune import build_trainer
-
-    if mode not in ("full", "stitch"):
-        raise HfKlasError(f"Supernet training mode {mode!r} is not supported.", "Use 'full' or 'stitch'.")
-    trainer = build_trainer(supernet, args, train_dataset, eval_dataset, mode=mode, anchor_lr_scale=anchor_lr_scale,
-                            data_collator=data_collator, processing_class=processing_class, callbacks=callbacks,
-                            teacher=teacher, distill_alpha=distill_alpha, distill_temperature=distill_temperature)
-    out = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return trainer, out

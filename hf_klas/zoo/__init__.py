@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .gguf import packaged_gemma3, packaged_smollm2
+
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 ALIASES: dict[str, str] = {
@@ -38,21 +40,15 @@ def _shipped(name: str):
     return lambda: WEIGHTS_DIR / name
 
 
-def _smollm2():
-    from .gguf import packaged_smollm2
-
-    return packaged_smollm2()
-
-
-def _gemma3():
-    from .gguf import packaged_gemma3
-
-    return packaged_gemma3()
-
+#: Offline aliases that stand for a Hub model (recorded as ``base_model`` in model cards, never the local path).
+HUB_IDS = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "gemma3-270m": "google/gemma-3-270m",
+}
 
 LOCAL = {
-    "smollm2-135m": _smollm2,
-    "gemma3-270m": _gemma3,
+    "smollm2-135m": packaged_smollm2,
+    "gemma3-270m": packaged_gemma3,
     "vit-fmnist-tiny": _shipped("vit-fmnist-tiny"),
     "vit-fmnist-small": _shipped("vit-fmnist-small"),
     "vit-fmnist-base": _shipped("vit-fmnist-base"),
@@ -60,14 +56,7 @@ LOCAL = {
 
 
 def resolve_alias(name: str):
-    """A local directory / Hub id for ``name``, or None if it is not an alias."""
+    """A local directory (offline alias) or Hub id for ``name``, or None if it is not an alias."""
     if name in LOCAL:
         return str(LOCAL[name]())
     return ALIASES.get(name)
-
-
-def available() -> dict[str, str]:
-    """Every alias with what it resolves to (local zoo entries are marked 'offline')."""
-    out = {k: v for k, v in ALIASES.items()}
-    out.update({k: "offline (packaged)" for k in LOCAL})
-    return out

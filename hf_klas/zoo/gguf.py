@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import HfKlasError
-from ..loading import cache_dir
+from ..storage import cache_dir
 
 logger = logging.getLogger(__name__)
 

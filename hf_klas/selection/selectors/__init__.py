@@ -34,13 +34,18 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
-def get_selector(name: str, **options) -> Selector:
-    """A selector by name with its options (unknown names / options fail with the list of known ones)."""
+def selector_class(name: str) -> type[Selector]:
+    """The selector class called ``name`` (an unknown name fails with the list of known ones)."""
     if name not in SELECTORS:
         raise HfKlasError(f"Unknown selection method {name!r}.", f"Use one of: {', '.join(SELECTORS)}.")
-    return SELECTORS[name](**options)
+    return SELECTORS[name]
 
 
-__all__ = ["SELECTORS", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "nearest_window",
+def get_selector(name: str, config: SelectorConfig | None = None, **options) -> Selector:
+    """A selector by name, from its config and/or options (unknown options fail with the known ones)."""
+    return selector_class(name)(config, **options)
+
+
+__all__ = ["SELECTORS", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "selector_class", "nearest_window",
            "valid_mask", "KlasSelector", "SNNetSelector", "CKASelector", "MSESelector", "CESelector",
            "RandomSelector", "BlockInfluenceSelector", "LSReplacementSelector"]

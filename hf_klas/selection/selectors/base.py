@@ -21,14 +21,14 @@ from typing import Any, ClassVar
 
 import torch
 
-from ...errors import HfKlasError, IncompatibleAnchorsError
-from ...loading import Anchor, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
+from ...anatomy import check_compatible, ties_embeddings
+from ...errors import CalibrationError, HfKlasError, IncompatibleAnchorsError
+from ...families import CAUSAL_LM, task_of
+from ...flops import DEFAULT_SEQ_LEN, anchor_flops, stitch_grid_flops, stitch_grid_params
+from ...loading import Anchor, fingerprint_config, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
+from ...probes.base import weights_digest
 from ..plan import AnchorDescriptor, StitchPlan
 from ..scoring import bucket_edges, candidate_set
-
-#: FLOPs of LLM configurations are counted for one sequence of this many tokens (the default calibration
-#: length and what ``hf_klas.building.stitch_info`` records in a stitched model's config).
-DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
@@ -37,7 +37,7 @@ class SelectorConfig:
 
     num_buckets: int = field(default=20, metadata={"help": "Equal-width FLOPs buckets between the anchors."})
     tau: float = field(default=0.05, metadata={
-        "help": "Keep every configuration within (1+tau) x the bucket's best score (KLAS: 5%)."})
+        "help": "Keep every configuration within (1+tau) x the bucket's best score (KLAS: 0.05)."})
     cover_back_blocks: bool = field(default=True, metadata={
         "help": "Add each back start's best configuration if no bucket picked it (every back block appears)."})
     seed: int = field(default=0, metadata={"help": "Seed (random selector, trained probes' minibatches)."})
@@ -83,9 +83,6 @@ def anchor_key(anchor: Anchor) -> str:
     import hashlib
     import json
 
-    from ...loading import fingerprint_config
-    from ...probes.base import weights_digest
-
     if anchor.model is not None:
         ident = {"shape": fingerprint_config(anchor.config, None), "weights": weights_digest(anchor.model)}
     else:
@@ -115,19 +112,10 @@ def descriptor(anchor: Anchor) -> AnchorDescriptor:
                             hidden_size=int(cfg.hidden_size), model_type=str(cfg.model_type))
 
 
-def is_lm(config) -> bool:
-    from ...anatomy import CAUSAL_LM, anatomy_for
-
-    return anatomy_for(config).task == CAUSAL_LM
-
-
 def grids(front_config, back_config, seq_len: int | None = None, image_size=None, same: bool = False):
     """``(flops [m, n], params [m, n], (front anchor FLOPs, back anchor FLOPs))`` at the plan's token count;
     ``same`` (self-stitching): a tied anchor's stitches keep head and embedding tied (as the built model)."""
-    from ...anatomy import ties_embeddings
-    from ...flops import anchor_flops, stitch_grid_flops, stitch_grid_params
-
-    lm = is_lm(front_config)
+    lm = task_of(front_config) == CAUSAL_LM
     sl = (seq_len or DEFAULT_SEQ_LEN) if lm else None
     flops = torch.as_tensor(stitch_grid_flops(front_config, back_config, seq_len=sl, image_size=image_size),
                             dtype=torch.float64)
@@ -164,8 +152,10 @@ class Selector:
         known = {f.name for f in fields(self.config_class)}
         bad = sorted(set(options) - known)
         if bad:
-            raise HfKlasError(f"Selector {self.name!r} has no option(s) {bad}.",
-                              f"Its options are: {sorted(known)}.")
+            what = f"no {bad[0]!r} option" if len(bad) == 1 else f"no options {bad}"
+            raise HfKlasError(f"Method {self.name!r} has {what}.",
+                              f"Drop it: there is no option of that name for {self.name!r}; its options are "
+                              f"{sorted(known)}.")
         self.config = replace(config, **options) if options else config
         if self.config.num_buckets < 1:
             raise HfKlasError(f"num_buckets must be >= 1, got {self.config.num_buckets}.", "Use e.g. 20.")
@@ -201,8 +191,6 @@ class Selector:
         if same:
             back = front
         self.check_pair(same)
-        from ...anatomy import check_compatible
-
         check_compatible(front.config, back.config)
         m, n = int(front.config.num_hidden_layers), int(back.config.num_hidden_layers)
         g_flops, g_params, a_flops = grids(front.config, back.config, seq_len, image_size, same=same)
@@ -214,8 +202,6 @@ class Selector:
                               "Pass hf_klas.flops.stitch_grid_flops(front_config, back_config) or leave them out.")
         valid = valid_mask(m, n, same)
         if self.needs_data and not batches:
-            from ...errors import CalibrationError
-
             raise CalibrationError(f"The {self.name!r} selector needs calibration batches and none were given.",
                                    "Pass calibration data (or None for the documented offline default via "
                                    "hf_klas.selection.api).")
@@ -238,7 +224,7 @@ class Selector:
         lo, hi = flops_range(flops, valid, a_flops, same)
         cands = candidate_set(score, flops, (lo, hi), self.config.num_buckets, self.config.tau, valid,
                               self.config.cover_back_blocks)
-        lm = is_lm(front.config)
+        lm = task_of(front.config) == CAUSAL_LM
         plan = StitchPlan(
             method=self.name, front=descriptor(front), back=descriptor(back), score=score, flops=flops,
             valid_mask=valid, anchor_flops=a_flops, params=params, theta=result.theta,

@@ -9,8 +9,11 @@ override the probe config, e.g. ``{"max_steps": 20}``). Pre-built probes (e.g. l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import json
+from dataclasses import dataclass, field, fields, replace
 
+from ...errors import HfKlasError
+from ...probes import build_probe, probe_class
 from ..engine import DEFAULT_MAX_CHUNK_BYTES, KLEngine
 from ..scoring import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, denominator_floor, gamma_matrix
 from .base import ScoreResult, SelectionContext, Selector, SelectorConfig
@@ -20,8 +23,9 @@ from .base import ScoreResult, SelectionContext, Selector, SelectorConfig
 class KlasConfig(SelectorConfig):
     probe: str = field(default="logit_lens", metadata={
         "help": "Probe giving a distribution after every block: logit_lens | tuned_lens | probenet (vision)."})
-    probe_options: dict = field(default_factory=dict, metadata={
-        "help": "Overrides of the probe's config (e.g. {'max_steps': 20} for the tuned lens)."})
+    probe_options: str | None = field(default=None, metadata={
+        "help": "Overrides of the probe's config: a dict, or its JSON on the command line "
+                "(e.g. '{\"max_steps\": 20}' for the tuned lens)."})
     kernel: str = field(default="fused", metadata={
         "help": "'fused' (one GEMM per chunk) or 'reference' (element-validated accumulator)."})
     topk: int | None = field(default=None, metadata={
@@ -35,8 +39,6 @@ class KlasConfig(SelectorConfig):
 
 def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, front_probe=None, back_probe=None):
     """Build (and train, for trained probes) the front and back probes; one probe for self-stitching."""
-    from ...probes import build_probe, probe_class
-
     opts = dict(options)
     cls = probe_class(probe)
     if "seed" in {f.name for f in fields(cls.config_class)}:
@@ -56,6 +58,13 @@ class KlasSelector(Selector):
 
     def __init__(self, config=None, *, front_probe=None, back_probe=None, **options):
         super().__init__(config, **options)
+        raw = self.config.probe_options
+        try:
+            parsed = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        except (TypeError, ValueError) as err:
+            raise HfKlasError(f"probe_options {raw!r} is not a JSON object / dict ({err}).",
+                              "Pass e.g. probe_options={'max_steps': 20} (or '{\"max_steps\": 20}').") from err
+        self.config = replace(self.config, probe_options=parsed)  # one form for the plan and its cache key
         self.front_probe, self.back_probe = front_probe, back_probe
 
     def method_params(self) -> dict:
