@@ -29,6 +29,7 @@ from .flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
 from .loading import Anchor, resolve_anchor, same_anchor
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from .selection.api import select_for_budget
+from .selection.selectors import DEFAULT_METHOD
 from .stitch_init import LeastSquaresAccumulator
 
 TASK_CLASSES = {CAUSAL_LM: StitchedModelForCausalLM, IMAGE_CLASSIFICATION: StitchedModelForImageClassification}
@@ -173,7 +174,7 @@ class StitchedModel:
         *,
         budget_flops: float | None = None,
         calibration=None,
-        method: str = "klas",
+        method: str = DEFAULT_METHOD,
         plan=None,
         stitch_init: str = "least_squares",
         ridge: float = 1e-4,

@@ -2,7 +2,7 @@
 """Train the shipped Fashion-MNIST ViT zoo (vit-fmnist-tiny / -small / -base) on CPU, offline.
 
 ``transformers.ViTForImageClassification`` models of increasing width *and* depth that share the token layout
-(28x28 images, 4x4 patches -> 49 patches + CLS = 50 tokens) so any pair can be stitched. The grayscale image is
+(28x28 images, 7x7 patches -> 16 patches + CLS = 17 tokens) so any pair can be stitched. The grayscale image is
 fed as three equal channels, as every Hub ViT takes RGB: the saved ``ViTImageProcessor`` converts any PIL image
 to RGB, so ``pipeline("image-classification")`` works on grayscale images as on colour ones. Data comes from the
 Debian ``dataset-fashion-mnist`` IDX files (:mod:`hf_klas.data.fashion_mnist`); nothing is downloaded.
@@ -66,15 +66,16 @@ from hf_klas.data.fashion_mnist import (  # noqa: E402
     preprocess,
 )
 
-IMAGE_SIZE, PATCH_SIZE, NUM_CHANNELS = 28, 4, 3
+IMAGE_SIZE, PATCH_SIZE, NUM_CHANNELS = 28, 7, 3
 
-#: name -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size). Head dim 16, MLP ratio 2:
-#: the spread in accuracy comes from a very small cheapest anchor and a deeper, wider dearest one.
+#: name -> (hidden_size, num_hidden_layers, num_attention_heads, intermediate_size). MLP ratio 2. Patch 7 (16
+#: patches + CLS): on Fashion-MNIST it reaches the accuracy of patch 4 in about a third of the compute (a 64 x 6
+#: model: 87.5% in 8 epochs at patch 7 vs 87.4% in 15 at patch 4); the spread in accuracy comes from a very small
+#: cheapest anchor and a wider, deeper dearest one, each trained long enough to plateau.
 ZOO = {
-    "tiny": (32, 3, 2, 64),
+    "tiny": (24, 4, 2, 48),
     "small": (48, 4, 3, 96),
-    "medium": (64, 6, 4, 128),
-    "base": (96, 8, 6, 192),
+    "base": (64, 6, 4, 128),
 }
 
 
@@ -97,7 +98,7 @@ def parse_args(argv=None):
     p.add_argument("--out", default=str(REPO / "hf_klas" / "zoo" / "weights"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=60000, help="first N training images")
-    p.add_argument("--epochs", type=int, default=15, help="passes over the training subset")
+    p.add_argument("--epochs", type=int, default=30, help="passes over the training subset")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
@@ -259,7 +260,7 @@ model-index:
 
 A small Vision Transformer (`ViTForImageClassification`) trained from scratch on Fashion-MNIST, shipped with
 hf_klas as an offline stitching anchor. It shares its token layout with {others} (28x28 input, the gray value on
-three channels; 4x4 patches: 49 patches + CLS = 50 tokens), so blocks of any two zoo models can be stitched.
+three channels; 7x7 patches: 16 patches + CLS = 17 tokens), so blocks of any two zoo models can be stitched.
 
 **Test accuracy (full 10,000-image Fashion-MNIST test split): {acc * 100:.2f}%**
 
@@ -406,7 +407,7 @@ def main(argv=None) -> dict:
     ordered = [merged[k] for k in ZOO if k in merged]
     total = time.time() - t_start
     summary = {
-        "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 (gray on 3 channels), patch 4 (50 tokens). "
+        "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 (gray on 3 channels), patch 7 (17 tokens). "
                        "'path' is relative to this file's directory; test_accuracy is on the full 10k test split "
                        "after the last epoch.",
         "dataset": "fashion_mnist (Debian dataset-fashion-mnist)",

@@ -93,15 +93,55 @@ def test_errors(tmp_path, status_file):
         load_debian_descriptions(path=tmp_path / "other")
 
 
+def test_frozen_data_is_the_same_everywhere(monkeypatch, tmp_path):
+    """The default data is the shipped frozen file: its checksum is the manifest's, its counts and split are fixed,
+    and it does not read this machine's dpkg database."""
+    import hashlib
+    import json
+
+    from hf_klas.data import debian_descriptions as dd
+
+    manifest = json.loads(dd.FROZEN_MANIFEST.read_text())
+    records = dd.frozen_records()
+    assert dd.records_digest(records) == manifest["sha256"] and len(records) == manifest["records"]
+    monkeypatch.setattr(dd, "DEFAULT_STATUS_PATH", str(tmp_path / "no-dpkg-here"))
+    train, test = load_debian_descriptions("train"), load_debian_descriptions("test")
+    assert (len(train), len(test)) == (manifest["examples_with_defaults"]["train"],
+                                       manifest["examples_with_defaults"]["test"])
+    assert set(train["package"]).isdisjoint(test["package"])
+    digest = hashlib.sha256("\n".join(test["package"]).encode()).hexdigest()
+    assert digest == hashlib.sha256("\n".join(sorted(test["package"])).encode()).hexdigest()  # sorted, stable
+    # damaged data is refused, never silently used
+    bad = tmp_path / "bad.jsonl.gz"
+    import gzip
+
+    bad.write_bytes(gzip.compress(dd.FROZEN_FILE.read_bytes()[:0] + b'{"package": "x"}\n'))
+    monkeypatch.setattr(dd, "FROZEN_FILE", bad)
+    with pytest.raises(DataError, match="SHA-256"):
+        load_debian_descriptions("test")
+
+
+def test_freezing_is_explicit_deterministic_and_never_overwrites(status_file, tmp_path):
+    from hf_klas.data.debian_descriptions import freeze_debian_descriptions
+
+    a = freeze_debian_descriptions(tmp_path / "a", status_file, version="t1")
+    b = freeze_debian_descriptions(tmp_path / "b", status_file, version="t1")
+    assert a["sha256"] == b["sha256"] and a["records"] == 3  # one per package with a description (short stays raw)
+    data = (tmp_path / "a" / "debian_descriptions-t1.jsonl.gz").read_bytes()
+    assert data == (tmp_path / "b" / "debian_descriptions-t1.jsonl.gz").read_bytes()
+    with pytest.raises(DataError, match="already exists"):
+        freeze_debian_descriptions(tmp_path / "a", status_file, version="t1")
+
+
 @pytest.mark.skipif(not os.path.exists("/var/lib/dpkg/status"), reason="not a Debian system")
 def test_real_dpkg_status_is_deterministic():
-    train = load_debian_descriptions(split="train")
-    test = load_debian_descriptions(split="test")
+    train = load_debian_descriptions(split="train", path="/var/lib/dpkg/status")
+    test = load_debian_descriptions(split="test", path="/var/lib/dpkg/status")
     assert len(train) + len(test) >= 50 and len(test) > 0
     assert set(train["package"]).isdisjoint(test["package"])
     assert all(p.strip() and t.strip() for p, t in zip(train["prompt"], train["target"]))
     assert list(train["package"]) == sorted(train["package"])
-    again = load_debian_descriptions(split="test")
+    again = load_debian_descriptions(split="test", path="/var/lib/dpkg/status")
     assert list(again["package"]) == list(test["package"]) and list(again["prompt"]) == list(test["prompt"])
     assert 0.1 < len(test) / (len(train) + len(test)) < 0.3
     by_source = load_debian_descriptions(split="test", split_by="source")

@@ -224,3 +224,31 @@ def test_vision_selectors_with_probenet():
         small, big, batches, progress=False)
     assert plan.shape == (3, 4) and plan.image_size == 8 and plan.seq_len is None
     assert get_selector("cka").select(small, big, batches, progress=False).extra["cka_mode"] == "exact"
+
+
+def test_theta_only_gamma_and_ce_come_from_one_pass_and_differ_by_the_denominator_and_entropy():
+    from hf_klas.selection.scoring import gamma_matrix
+
+    front, back = llama_pair()
+    batches = lm_batches(2)
+    klas = get_selector("klas", score_embedding_resume=True).select(front, back, batches, progress=False)
+    theta = get_selector("theta", score_embedding_resume=True).select(front, back, batches, progress=False)
+    ce = get_selector("ce", score_embedding_resume=True).select(front, back, batches, progress=False)
+    assert torch.allclose(theta.score, klas.theta, rtol=1e-12)
+    assert torch.allclose(klas.score, gamma_matrix(klas.theta, klas.extra["within_back_kl"]), rtol=1e-12)
+    entropy = torch.tensor(klas.extra["front_entropy"], dtype=torch.float64)[:, None]  # one per front block
+    assert torch.allclose(ce.score, theta.score + entropy, rtol=1e-6, atol=1e-8)
+    # the ablation: the last back block's own change replaced by the median change
+    med = get_selector("klas", last_denominator="median", score_embedding_resume=True).select(
+        front, back, batches, progress=False)
+    d = torch.tensor(klas.extra["within_back_kl"], dtype=torch.float64)
+    assert torch.allclose(med.score[:, :-1], klas.score[:, :-1])
+    assert torch.allclose(med.score[:, -1], klas.theta[:, -1] / d.median())
+
+
+def test_the_embedding_resume_point_is_left_unscored_by_default():
+    front, back = llama_pair()
+    plan = get_selector("klas").select(front, back, lm_batches(2), progress=False)
+    assert bool(torch.isnan(plan.score[:, 0]).all()) and bool(torch.isfinite(plan.score[:, 1:]).all())
+    assert all(c.back_start > 0 for c in plan.candidates) and plan.extra["unscored"]
+    assert plan.best_for_budget(1.0).back_start > 0

@@ -39,7 +39,7 @@ from ..storage import cache_dir
 from ..version import __version__
 from .divergence import FinalOutputKLAccumulator
 from .plan import PLAN_FILE, PlanExistsError, StitchPlan
-from .selectors import SELECTORS, Selector, SelectorConfig, get_selector, selector_class
+from .selectors import DEFAULT_METHOD, SELECTORS, Selector, SelectorConfig, get_selector, selector_class
 from .selectors.base import anchor_key, descriptor, grids, load_model, same_anchor, valid_mask
 
 POLICIES = ("top_bucket", "lowest")
@@ -65,7 +65,9 @@ class SelectOptions:
     budget: float | None = field(default=None, metadata={
         "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
                 "configuration to build."})
-    method: str = field(default="klas", metadata={"help": f"Selector: {', '.join(SELECTORS)}."})
+    method: str = field(default=DEFAULT_METHOD, metadata={
+        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner; klas is the "
+                "paper's Γ)."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "
@@ -175,7 +177,7 @@ def _resolve_pair(front, back):
 # --------------------------------------------------------------------------------------------------------
 # plans
 # --------------------------------------------------------------------------------------------------------
-def compute_plan(front, back=None, calibration=None, method: str | Selector = "klas", *, cache: bool = True,
+def compute_plan(front, back=None, calibration=None, method: str | Selector = DEFAULT_METHOD, *, cache: bool = True,
                  progress: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
                  max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64, grids_=None, **selector_options):
     """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method`` (a name with its options
@@ -227,7 +229,7 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = "k
 
 
 def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None = None, calibration=None,
-                      method: str | Selector = "klas", plan=None, progress: bool = True, *,
+                      method: str | Selector = DEFAULT_METHOD, plan=None, progress: bool = True, *,
                       policy: str = "top_bucket", cache: bool = True, seq_len: int | None = None, image_size=None,
                       batch_size: int = 8, max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64,
                       **selector_options):
@@ -382,10 +384,10 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
 
 def cli_options(run_name: str, argv: list[str]) -> list[type]:
     """``hf-klas select``'s flags: :class:`SelectOptions` and the chosen ``--method``'s own config."""
-    method = "klas"
+    method = DEFAULT_METHOD
     for k, arg in enumerate(argv):
         if arg in ("--method",) and k + 1 < len(argv):
             method = argv[k + 1]
         elif arg.startswith("--method="):
             method = arg.split("=", 1)[1]
-    return [SelectOptions, selector_class(method if method in SELECTORS else "klas").config_class]
+    return [SelectOptions, selector_class(method if method in SELECTORS else DEFAULT_METHOD).config_class]

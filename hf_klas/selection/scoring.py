@@ -101,11 +101,15 @@ def gamma_matrix(
     eps: float | None = None,
     eps_abs: float = DEFAULT_EPS_ABS,
     eps_rel: float = DEFAULT_EPS_REL,
+    last_denominator: str = "own",
 ) -> torch.Tensor:
     """Γ[r, j] = Θ[r, j] / max(D[j], eps) as float64 [m, n] (lower is better).
 
     ``theta``: [m, n] (module docstring convention). ``within_back_kl``: [n], entry j = KL(back resume point j
     ‖ resume point j+1) = the change made by back block j. ``eps=None`` uses :func:`denominator_floor`.
+    ``last_denominator="median"`` replaces the last back block's own change (``D[n-1]``, from its input to its
+    output before the final norm -- often far from the other blocks') by the median of ``D``: an ablation of
+    the paper's Γ, which uses the block's own change (``"own"``, the default).
     """
     th = _as2d(theta, "theta")
     d = torch.as_tensor(within_back_kl, dtype=torch.float64).reshape(-1).cpu()
@@ -120,6 +124,11 @@ def gamma_matrix(
             "check the probes' log-probabilities (the KL accumulators raise on NaN inputs) and that every "
             "chunk had tokens; recompute Θ.",
         )
+    if last_denominator not in ("own", "median"):
+        raise ValueError(f"last_denominator={last_denominator!r}: use 'own' or 'median'")
+    if last_denominator == "median":
+        d = d.clone()
+        d[-1] = d.median()
     floor = denominator_floor(d, eps_abs, eps_rel) if eps is None else float(eps)
     return th / d.clamp_min(floor)[None, :]
 

@@ -7,6 +7,7 @@ into a cached safetensors checkpoint), so the demo and tests run with no Hub acc
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from .gguf import packaged_gemma3, packaged_smollm2
@@ -46,12 +47,13 @@ HUB_IDS = {
     "gemma3-270m": "google/gemma-3-270m",
 }
 
+#: The shipped Fashion-MNIST ViTs, cheapest first (hf_klas/zoo/weights/vit-fmnist-zoo.json has their records).
+VIT_ZOO = [m["name"] for m in json.loads((WEIGHTS_DIR / "vit-fmnist-zoo.json").read_text())["models"]]
+
 LOCAL = {
     "smollm2-135m": packaged_smollm2,
     "gemma3-270m": packaged_gemma3,
-    "vit-fmnist-tiny": _shipped("vit-fmnist-tiny"),
-    "vit-fmnist-small": _shipped("vit-fmnist-small"),
-    "vit-fmnist-base": _shipped("vit-fmnist-base"),
+    **{name: _shipped(name) for name in VIT_ZOO},
 }
 
 

@@ -5,6 +5,7 @@
 name               score (lower is better)                                          anchors
 =================  ===============================================================  ==================
 klas               Γ = Θ(P_i^f ‖ P_j^g) / KL(P_j^g ‖ P_{j+1}^g) (probe: logit lens)  two, or one (self)
+theta              Θ(P_i^f ‖ P_j^g): KLAS without the capacity denominator           two, or one
 snnet              0 on SN-Net's nearest-stitching window, +inf elsewhere            two, or one
 cka                1 − linear CKA                                                    two, or one
 mse                relative residual of the LS stitch fit                            two, or one
@@ -27,11 +28,17 @@ from .ls_replacement import LSReplacementSelector
 from .mse import MSESelector
 from .random import RandomSelector
 from .snnet import SNNetSelector, nearest_window
+from .theta import ThetaSelector
 
 SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (KlasSelector, SNNetSelector, CKASelector, MSESelector, CESelector, RandomSelector,
+    cls.name: cls for cls in (KlasSelector, ThetaSelector, SNNetSelector, CKASelector, MSESelector, CESelector, RandomSelector,
                               BlockInfluenceSelector, LSReplacementSelector)
 }
+
+
+#: The selector ``from_anchors(..., budget_flops=...)``, ``hf-klas select`` and the demo use when none is named
+#: (chosen by the selection-quality study; ``"klas"`` is always the paper's Γ exactly).
+DEFAULT_METHOD = "klas"
 
 
 def selector_class(name: str) -> type[Selector]:
@@ -46,6 +53,6 @@ def get_selector(name: str, config: SelectorConfig | None = None, **options) -> 
     return selector_class(name)(config, **options)
 
 
-__all__ = ["SELECTORS", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "selector_class", "nearest_window",
+__all__ = ["SELECTORS", "DEFAULT_METHOD", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "selector_class", "nearest_window",
            "valid_mask", "KlasSelector", "SNNetSelector", "CKASelector", "MSESelector", "CESelector",
-           "RandomSelector", "BlockInfluenceSelector", "LSReplacementSelector"]
+           "RandomSelector", "BlockInfluenceSelector", "LSReplacementSelector", "ThetaSelector"]

@@ -35,6 +35,13 @@ class KlasConfig(SelectorConfig):
     eps_abs: float = field(default=DEFAULT_EPS_ABS, metadata={"help": "Absolute floor of Γ's denominator."})
     eps_rel: float = field(default=DEFAULT_EPS_REL, metadata={
         "help": "Relative floor of Γ's denominator (x median within-back KL)."})
+    last_denominator: str = field(default="own", metadata={
+        "help": "Γ's denominator at the last back block: own (the paper: that block's own change) or median "
+                "(the median block's change; an ablation)."})
+    score_embedding_resume: bool = field(default=False, metadata={
+        "help": "Score back_start=0 (stitching into the back's embedding output). Off by default: there the back's "
+                "probe sees no block output (for ViTs an image-independent CLS token), so its probe distribution "
+                "is degenerate and its score meaningless; those configurations are left unscored (NaN)."})
 
 
 def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, front_probe=None, back_probe=None):
@@ -53,7 +60,7 @@ def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, fro
 class KlasSelector(Selector):
     name = "klas"
     config_class = KlasConfig
-    #: which matrix of the pass becomes the score (the CE baseline reuses this class)
+    #: which matrix of the pass becomes the score (the Θ-only and CE selectors reuse this class)
     score_kind = "gamma"
 
     def __init__(self, config=None, *, front_probe=None, back_probe=None, **options):
@@ -82,9 +89,14 @@ class KlasSelector(Selector):
                           back_name=str(ctx.back.name_or_path))
         r = engine.run(ctx.batches)
         if self.score_kind == "ce":
-            score = r.cross_entropy
+            score = r.cross_entropy.clone()
+        elif self.score_kind == "theta":
+            score = r.theta.clone()
         else:
-            score = gamma_matrix(r.theta, r.within_back, eps_abs=cfg.eps_abs, eps_rel=cfg.eps_rel)
+            score = gamma_matrix(r.theta, r.within_back, eps_abs=cfg.eps_abs, eps_rel=cfg.eps_rel,
+                                 last_denominator=cfg.last_denominator)
+        if not cfg.score_embedding_resume and not ctx.same:
+            score[:, 0] = float("nan")  # resume point 0 = the back's embedding output: see the option's help
         extra = {
             "probe": cfg.probe,
             "probe_fingerprints": [fp.fingerprint] + ([] if bp is None else [bp.fingerprint]),
@@ -94,6 +106,7 @@ class KlasSelector(Selector):
             "denominator_floor": denominator_floor(r.within_back, cfg.eps_abs, cfg.eps_rel),
             "tokens": int(r.tokens),
             "kernel": r.kernel,
+            "unscored": "back_start=0 (embedding output)" if not cfg.score_embedding_resume and not ctx.same else None,
         }
         for name, p in (("front_probe_fit", fp), ("back_probe_fit", bp)):
             stats = getattr(p, "fit_stats", None) if p is not None else None
