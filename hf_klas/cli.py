@@ -32,7 +32,7 @@ COMMANDS = {
                "evaluate every configuration of a plan and draw the accuracy/FLOPs front"),
     "demo": ("hf_klas.demo", "run_demo",
              "the whole job offline on packaged real weights (ViT zoo + SmolLM2) with a report"),
-    "quality": ("hf_klas.quality", "run_quality",
+    "quality": ("hf_klas.study.runner", "run_quality",
                 "selection-quality study: every selector against finetuned ground truth"),
 }
 

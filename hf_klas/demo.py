@@ -164,7 +164,7 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         acc0 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_trainer(model, _training_args(tmp, steps, lr=1e-3, batch=batch, seed=opts.seed), train,
-                                    mode="full", anchor_lr_scale=0.1)
+                                    mode="full", anchor_lr_scale=0.1, quiet=True)
             trainer.train()
         model.eval()
         acc1 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
@@ -224,12 +224,12 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             args = _training_args(tmp, steps=steps, lr=2e-4, batch=4, seed=opts.seed)
             if isinstance(model, StitchedModelForCausalLM):
-                trainer = build_trainer(model, args, ds, mode="lora", lora_r=16, processing_class=tok)
+                trainer = build_trainer(model, args, ds, mode="lora", lora_r=16, processing_class=tok, quiet=True)
                 trainer.train()
                 return merge_lora(trainer.model)
             targets = list(family_of(model.config).lora_targets)
             peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
-            build_trainer(peft, args, ds, prepare=False, processing_class=tok).train()
+            build_trainer(peft, args, ds, prepare=False, processing_class=tok, quiet=True).train()
             return peft.merge_and_unload()
 
     chosen, plan = select_for_budget(anchor, None, budget_flops=opts.llm_budget, calibration=calibration,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
 from ..errors import HfKlasError
 from .data import default_collator
 from .distill import StitchDistillationTrainer
@@ -16,10 +18,11 @@ def build_trainer(model, args, train_dataset, eval_dataset=None, *, mode: str = 
                   lora_r: int = 8, lora_alpha: int | None = None, lora_dropout: float = 0.0,
                   lora_target_modules=None, anchor_lr_scale: float = 0.1, teacher=None, distill_alpha: float = 0.5,
                   distill_temperature: float = 2.0, data_collator=None, processing_class=None, callbacks=None,
-                  prepare: bool = True):
+                  prepare: bool = True, quiet: bool = False):
     """Prepare ``model`` for ``mode`` and return a :class:`StitchTrainer` (or ``StitchDistillationTrainer`` when
     a ``teacher`` is given). ``args`` is a ``TrainingArguments``; datasets must already hold model inputs
-    (:func:`prepare_causal_lm_dataset` / :func:`prepare_image_dataset`)."""
+    (:func:`prepare_causal_lm_dataset` / :func:`prepare_image_dataset`). ``quiet``: no progress bar and no printed
+    metrics (for callers that run many short trainings under one progress bar of their own)."""
     if prepare:
         kw = {}
         if mode == "lora" and lora_config is None:
@@ -31,9 +34,14 @@ def build_trainer(model, args, train_dataset, eval_dataset=None, *, mode: str = 
                   data_collator=data_collator, processing_class=processing_class, callbacks=callbacks,
                   anchor_lr_scale=anchor_lr_scale)
     if teacher is not None:
-        return StitchDistillationTrainer(teacher=teacher, alpha=distill_alpha, temperature=distill_temperature,
-                                         **common)
-    return StitchTrainer(**common)
+        trainer = StitchDistillationTrainer(teacher=teacher, alpha=distill_alpha, temperature=distill_temperature,
+                                            **common)
+    else:
+        trainer = StitchTrainer(**common)
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
+    return trainer
 
 
 def train_supernet(supernet: StitchedSupernet, args, train_dataset, eval_dataset=None, *, mode: str = "full",

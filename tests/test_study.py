@@ -1,4 +1,4 @@
-"""Selection-quality study (hf_klas.quality): statistics, the fast LM oracle path, and a --quick smoke run."""
+"""Selection-quality study (hf_klas.study): statistics, the oracles' fast paths, and a --quick smoke run."""
 
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from hf_klas.quality import (  # noqa: E402
+from hf_klas.study import (  # noqa: E402,E501
     QualityOptions,
     analyze_selector,
     kendall_tau_b,
-    lm_self_stitch_perplexities,
+    parse_selector,
     rankdata,
     run_quality,
     spearman,
 )
+from hf_klas.study.oracles import lm_self_stitch_oracle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,16 +51,47 @@ def test_analyze_selector_perfect_and_inverse():
     q = np.array([0.5, 0.6, 0.7, 0.8, 0.55, 0.65])
     flops = np.array([1.0, 1.1, 2.0, 2.1, 1.2, 2.2])
     buckets = np.array([0, 0, 1, 1, 0, 1])
-    pool = [{"name": str(k), "front_blocks": 1, "back_start": k, "flops": f} for k, f in enumerate(flops)]
+    pool = [{"name": str(k), "front_blocks": 1 + k // 3, "back_start": k % 3, "flops": f} for k, f in enumerate(flops)]
     anchors = [ParetoPoint("a", 1.0, 0, 0.5, kind="anchor"), ParetoPoint("b", 3.0, 0, 0.9, kind="anchor")]
-    kw = dict(higher_is_better=True, k=1, tie_rank=np.arange(6), anchor_points=anchors, pool=pool, flops_min=1.0,
-              flops_max=3.0)
-    good = analyze_selector(-q, q[None], flops, buckets, **kw)
-    assert good["spearman"] == pytest.approx(1.0) and good["overlap"] == 1.0 and good["regret"] == 0.0
-    bad = analyze_selector(q, np.stack([q, q + 0.01]), flops, buckets, **kw)
-    assert bad["spearman"] == pytest.approx(-1.0) and bad["overlap"] == 0.0 and bad["regret"] > 0
-    assert bad["auc"] < good["auc"]
+    kw = dict(higher_is_better=True, tie_rank=np.arange(6), anchor_points=anchors, flops_range=(1.0, 3.0),
+              edges=[1.0, 1.6, 2.3], grid=(2, 3))
+    good = analyze_selector(-q, q[None], pool, buckets, **kw)
+    assert good["spearman"] == pytest.approx(1.0) and good["top1"] == 1.0 and good["regret"] == 0.0
+    assert good["recovery"] == 1.0 and good["recovery_k"] == 2
+    bad = analyze_selector(q, np.stack([q, q + 0.01]), pool, buckets, **kw)
+    assert bad["spearman"] == pytest.approx(-1.0) and bad["top1"] == 0.0 and bad["regret"] > 0
+    assert bad["auc"] < good["auc"] and bad["recovery"] < 1.0
     assert bad["spearman_seed_std"] == pytest.approx(0.0)
+
+
+def test_recovery_uses_klas_candidate_sets_with_tau_and_cover():
+    """The paper's recovery: KLAS's own candidate set (argmin per bucket + within tau + cover) recalling the
+    oracle's best of each bucket; a wider tau admits more, so it recalls at least as much."""
+    from hf_klas.evaluation.pareto import ParetoPoint
+
+    q = np.array([0.9, 0.5, 0.6, 0.8])  # oracle bests: index 0 (bucket 0), index 3 (bucket 1)
+    score = np.array([1.04, 1.0, 2.0, 2.3])  # argmins 1 and 2; index 0 is within 5 % of bucket 0's best
+    pool = [{"name": str(k), "front_blocks": 1, "back_start": k, "flops": f} for k, f in enumerate([1, 1.1, 2, 2.1])]
+    kw = dict(higher_is_better=True, tie_rank=np.arange(4), flops_range=(1.0, 3.0), edges=[1.0, 1.5, 3.0],
+              grid=(1, 4), anchor_points=[ParetoPoint("a", 1.0, 0, 0.5, kind="anchor")])
+    buckets = np.array([0, 0, 1, 1])
+    tight = analyze_selector(score, q[None], pool, buckets, tau=0.0, cover=False, **kw)
+    loose = analyze_selector(score, q[None], pool, buckets, tau=0.05, cover=False, **kw)
+    covered = analyze_selector(score, q[None], pool, buckets, tau=0.05, cover=True, **kw)
+    assert tight["recovery"] == 0.0 and tight["set_size"] == 2
+    assert loose["recovery"] == 0.5 and loose["set_size"] == 3
+    assert covered["recovery"] == 1.0 and covered["set_size"] == 4  # back_start 3 gets covered
+    assert 0.0 < loose["recovery_chance"] < 1.0
+
+
+def test_selector_specs():
+    assert parse_selector("klas") == ("klas:logit_lens", "klas", {})
+    assert parse_selector("klas:probenet@eps_rel=0.1") == ("klas:probenet@eps_rel=0.1", "klas",
+                                                            {"probe": "probenet", "eps_rel": 0.1})
+    assert parse_selector("klas@last_denominator=median")[2] == {"last_denominator": "median"}
+    assert parse_selector("cka") == ("cka", "cka", {})
+    with pytest.raises(Exception, match="Unknown selector"):
+        parse_selector("nope")
 
 
 # ---- the fast self-stitch oracle is the stitched model -------------------------------------------------------
@@ -80,7 +112,7 @@ def test_lm_fast_path_matches_stitched_model():
     rows = [ids[k] for k in range(6)]
     rows[3] = rows[3][:8]
     configs = [(1, 2), (2, 4), (1, 5)]
-    fast = lm_self_stitch_perplexities(model, configs, cal, ev, progress=False)
+    fast = {k: v["perplexity"] for k, v in lm_self_stitch_oracle(model, configs, cal, ev).items()}
     for i, j in configs:
         stitched = StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j, calibration=cal,
                                               progress=False)
@@ -101,7 +133,7 @@ def tiny_anchors(tmp_path_factory):
     paths = []
     torch.manual_seed(0)
     for name, (hidden, layers, heads) in {"vit-a": (32, 2, 2), "vit-b": (48, 3, 3)}.items():
-        cfg = ViTConfig(image_size=28, patch_size=7, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
+        cfg = ViTConfig(image_size=28, patch_size=7, num_channels=3, hidden_size=hidden, num_hidden_layers=layers,
                         num_attention_heads=heads, intermediate_size=2 * hidden, id2label=labels,
                         label2id={v: k for k, v in labels.items()})
         ViTForImageClassification(cfg).save_pretrained(root / name)
@@ -124,8 +156,6 @@ def test_lm_fast_generation_matches_stitched_model(tiny_anchors):
 
     from hf_klas import StitchedModel
     from hf_klas.evaluation import generate_texts
-    from hf_klas.quality import lm_self_stitch_oracle
-
     lm_dir = tiny_anchors[2]
     model = LlamaForCausalLM.from_pretrained(lm_dir).eval()
     tok = AutoTokenizer.from_pretrained(lm_dir)
@@ -134,8 +164,8 @@ def test_lm_fast_generation_matches_stitched_model(tiny_anchors):
             "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(2)]
     prompts = ["Package description:\nA tiny tool.\nOne-line summary:", "Hello there, how are", "x"]
     configs = [(1, 3), (2, 4)]
-    res = lm_self_stitch_oracle(model, configs, cal, cal[:1], progress=False, tokenizer=tok, prompts=prompts,
-                                max_new_tokens=5, batch_size=2)
+    res = lm_self_stitch_oracle(model, configs, cal, cal[:1], tokenizer=tok, prompts=prompts, max_new_tokens=5,
+                                batch_size=2)
     before = generate_texts(model, tok, prompts, max_new_tokens=5, progress=False)
     for i, j in configs:
         stitched = StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j, calibration=cal,
@@ -149,8 +179,8 @@ def test_lm_fast_generation_matches_stitched_model(tiny_anchors):
 
 def _check_report(report: dict):
     assert report["format"] == "hf_klas.selection_quality"
-    kinds = {st["kind"] for st in report["studies"]}
-    assert kinds == {"vit", "lm_self_stitch"}
+    assert {st["kind"] for st in report["studies"]} == {"vit", "lm_self_stitch"}
+    assert report["data"]["vit"]["files_sha256"] and report["data"]["lm"]["calibration_packages"]
     for st in report["studies"]:
         pool = st["oracle"]["configs"]
         assert pool and all(len(c["quality_per_seed"]) == len(st["oracle"]["seeds"]) for c in pool)
@@ -161,27 +191,26 @@ def _check_report(report: dict):
             for key in ("spearman", "kendall", "spearman_within_bucket", "kendall_within_bucket", "spearman_init"):
                 v = r.get(key)
                 assert v is None or -1.0 <= v <= 1.0, (label, key, v)
-            for key in ("overlap", "overlap_chance"):
+            for key in ("top1", "top1_chance", "recovery", "recovery_chance"):
                 v = r.get(key)
                 assert v is None or 0.0 <= v <= 1.0, (label, key, v)
-            assert r.get("regret") is None or r["regret"] >= 0
+            assert r.get("regret") is None or r["regret"] >= -1e-12
             assert r["auc"] is not None and math.isfinite(r["auc"])
-            if st["higher_is_better"]:
-                assert 0.0 <= r["auc"] <= 1.0
             assert r["candidates"]
-        expected = {"oracle", "klas:logit_lens", "klas:tuned_lens", "snnet", "cka", "mse", "ce", "random"}
+        expected = {"oracle", "klas:logit_lens", "klas:tuned_lens", "theta:logit_lens", "snnet", "cka", "mse",
+                    "ce:logit_lens", "random"}
         assert st["metric"] in {"top1_accuracy", "perplexity", "rougeL"}
         if st["kind"] == "vit":
-            expected |= {"klas:probenet"}
-            assert len(st["oracle"]["seeds"]) == 2
+            expected |= {"klas:probenet", "theta:probenet", "klas:logit_lens@eps_rel=0.1"}
+            assert len(st["oracle"]["seeds"]) == 2 and st["protocol"] in ("full", "stitch")
             assert all(c["quality_std"] is not None for c in pool)
         else:
-            expected |= {"block_influence", "ls_replacement"}
-        assert expected <= set(st["selectors"])
+            expected |= {"block_influence", "ls_replacement", "klas:logit_lens@last_denominator=median"}
+        assert expected <= set(st["selectors"]), expected - set(st["selectors"])
 
 
 def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
-    """The CI smoke test: benchmarks/selection_quality.py --quick on tiny random anchors (< 90 s)."""
+    """The CI smoke test: benchmarks/selection_quality.py --quick on tiny random anchors."""
     import importlib.util
 
     front, back, lm = tiny_anchors
@@ -192,14 +221,16 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
                            str(tmp_path), "--name", "sq", "--progress", "false"])
     report = json.loads((tmp_path / "sq.json").read_text())
     _check_report(report)
-    assert [st["metric"] for st in report["studies"]] == ["top1_accuracy", "perplexity", "rougeL"]
-    rouge_pool = report["studies"][2]["oracle"]["configs"]
-    assert all(0.0 <= c["quality"] <= 1.0 and "rouge1" in c["rouge"] for c in rouge_pool)
-    assert [c["name"] for c in rouge_pool] == [c["name"] for c in report["studies"][1]["oracle"]["configs"]]
+    names = [st["name"] for st in report["studies"]]
+    assert [st["protocol"] for st in report["studies"]] == ["full", "stitch", "training-free", "lora",
+                                                            "training-free", "lora"], names
+    assert [st["metric"] for st in report["studies"]][2:] == ["perplexity", "perplexity", "rougeL", "rougeL"]
+    lora = report["studies"][3]["oracle"]["configs"]
+    assert lora and len({c["bucket"] for c in lora}) == 1  # the quick run: one LoRA bucket
     md = (tmp_path / "sq.md").read_text()
-    assert "| selector |" in md and "klas:logit_lens" in md and "regret (rougeL)" in md
-    assert (tmp_path / "sq.png").stat().st_size > 0
-    assert summary["json"] == str(tmp_path / "sq.json")
+    assert "| selector |" in md and "klas:logit_lens" in md and "recovery" in md and "## Verdict" in md
+    assert (tmp_path / "sq.png").stat().st_size > 0 and (tmp_path / "sq.log").is_file()
+    assert summary["json"] == str(tmp_path / "sq.json") and summary["verdict"]
 
     # re-analysis from the JSON (no model runs) reproduces every metric
     again = run_quality(QualityOptions(from_json=str(tmp_path / "sq.json"), out_dir=str(tmp_path / "re"), name="sq",
@@ -213,8 +244,8 @@ def test_cli_lists_quality_options():
     from hf_klas.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["quality", "--quick", "--studies", "vit", "--top_k", "2"])
-    assert args.quick is True and args.studies == ["vit"] and args.top_k == 2
+    args = parser.parse_args(["quality", "--quick", "--studies", "vit", "--tau", "0.1"])
+    assert args.quick is True and args.studies == ["vit"] and args.tau == 0.1
 
 
 def test_bad_options_fail_before_work(tmp_path):

@@ -1,0 +1,217 @@
+"""The study's ground truth: every configuration of a pool given the same treatment, and its quality measured.
+
+* :func:`vit_oracle` -- least-squares init, then per protocol and seed an identical finetune (``full``: every
+  weight adapts, anchors at a lower LR, the way users finetune a stitch; ``lora``; ``stitch``: the stitch layer
+  alone), top-1 on a fixed test subset. The LS init is built once per configuration.
+* :func:`lm_self_stitch_oracle` -- training-free, for many self-stitch configurations at once: the anchor runs once
+  and every block's output is cached, so a configuration costs only its back blocks (perplexity) and, with
+  prompts, a greedy generation through the anchor's own ``generate`` with the block list swapped.
+* :func:`lm_lora_oracle` -- the stitched model built as a user would (``StitchedModel.from_anchors``), LoRA-finetuned
+  per seed with hf_klas's trainer, then perplexity and ROUGE-L.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import TrainingArguments
+
+from ..activations import run_prefix
+from ..anatomy import find_block_path, find_blocks
+from ..building import StitchedModel
+from ..errors import HfKlasError
+from ..evaluation import first_lines, generate_texts, perplexity, top1_accuracy
+from ..stitch_init import LeastSquaresAccumulator
+from ..training.data import prepare_causal_lm_dataset
+from ..training.finetune import build_trainer
+from ..training.lora import merge_lora
+
+__all__ = ["PixelDataset", "vit_oracle", "lm_self_stitch_oracle", "lm_lora_oracle", "training_arguments"]
+
+
+class PixelDataset(torch.utils.data.Dataset):
+    """In-memory ``{"pixel_values", "labels"}`` rows (no Arrow round trip per step)."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self):
+        return len(self.pixels)
+
+    def __getitem__(self, k):
+        return {"pixel_values": self.pixels[k], "labels": self.labels[k]}
+
+
+def training_arguments(out: str, steps: int, batch: int, lr: float, seed: int) -> TrainingArguments:
+    """The oracle's finetuning: identical for every configuration; the seed sets the data order."""
+    return TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
+                             weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", seed=seed, data_seed=seed,
+                             report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
+                             use_cpu=True, dataloader_num_workers=0)
+
+
+def vit_oracle(front, back, pool: list[dict], data, *, protocols, seeds, steps: int, batch: int, lr: float,
+               anchor_lr_scale: float, ridge: float, on_config=None) -> None:
+    """Fill every pool entry with ``quality_init`` and ``quality_per_seed[protocol]`` (top-1 on the test data)."""
+    train, test, _calib_sel, calib_ls = data
+    with tempfile.TemporaryDirectory(prefix="hf_klas_study_") as tmp:
+        for c in pool:
+            init = StitchedModel.from_anchors(front, back, front_blocks=c["front_blocks"], back_start=c["back_start"],
+                                              calibration=calib_ls, ridge=ridge, progress=False)
+            c["quality_init"] = top1_accuracy(init, test, progress=False)
+            c["quality_per_seed"] = {}
+            for protocol in protocols:
+                accs = []
+                for seed in seeds:
+                    model = copy.deepcopy(init)
+                    if steps > 0:
+                        trainer = build_trainer(model, training_arguments(tmp, steps, batch, lr, seed), train,
+                                                mode=protocol, anchor_lr_scale=anchor_lr_scale, quiet=True)
+                        trainer.train()
+                        model = trainer.model
+                    accs.append(top1_accuracy(model, test, progress=False))
+                    del model
+                c["quality_per_seed"][protocol] = accs
+            del init
+            if on_config is not None:
+                on_config(c)
+
+
+def _swap_blocks(model, blocks):
+    path = find_block_path(model)
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, attr)
+    setattr(parent, attr, nn.ModuleList(blocks))
+    return parent, attr, old
+
+
+@torch.no_grad()
+def lm_self_stitch_oracle(model, configs, calib_batches, eval_batches, ridge: float = 1e-4, *, tokenizer=None,
+                          prompts=None, max_new_tokens: int = 24, batch_size: int = 16, on_config=None) -> dict:
+    """Perplexity (and greedy generations) of every self-stitch configuration ``(i, j)`` with a least-squares stitch.
+
+    Same network as ``StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j,
+    calibration=calib_batches)``: the stitch ``T`` is fitted by :class:`~hf_klas.stitch_init.LeastSquaresAccumulator`
+    from the output of block ``i-1`` to the input of block ``j``; then blocks ``j..n-1``, the final norm and the
+    head run on ``T(h_i)`` (cached ``h_i``). With ``prompts``, each configuration also continues every prompt
+    greedily through the anchor's own ``generate`` with its block list swapped for ``blocks[:i] + blocks[j:]`` and
+    ``T`` applied by a pre-hook on block ``j`` (blocks keep their layer index, so the cache leaves the skipped
+    layers empty). Both checked against the built stitched model in the tests. Returns
+    ``{(i, j): {"perplexity": float, "generations": list[str] | None}}``.
+    """
+    if prompts is not None and tokenizer is None:
+        raise HfKlasError("lm_self_stitch_oracle got prompts but no tokenizer.", "Pass tokenizer= as well.")
+    was_training = model.training
+    model.eval()
+    d = int(model.config.hidden_size)
+    cal_h = [torch.stack(run_prefix(model, b)) for b in calib_batches]  # [P, B, T, d]
+    ev_h = [torch.stack(run_prefix(model, b)) for b in eval_batches]
+    cal_m = [b.get("attention_mask") for b in calib_batches]
+    blocks = list(find_blocks(model))
+    out = {}
+    by_i: dict[int, list[int]] = {}
+    for i, j in configs:
+        by_i.setdefault(int(i), []).append(int(j))
+    try:
+        for i, js in sorted(by_i.items()):
+            xa, keep = [], []
+            A = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+            count = 0
+            for h, mask in zip(cal_h, cal_m):
+                x = h[i].reshape(-1, d).double()
+                k = mask.reshape(-1).bool() if mask is not None else torch.ones(len(x), dtype=torch.bool)
+                x = torch.cat([x[k], torch.ones(int(k.sum()), 1, dtype=torch.float64)], 1)
+                A += x.T @ x
+                count += len(x)
+                xa.append(x)
+                keep.append(k)
+            for j in sorted(js):
+                acc = LeastSquaresAccumulator(d, d, ridge=ridge)
+                acc.A, acc.count = A, count
+                acc.B = sum(x.T @ h[j].reshape(-1, d)[k].double() for x, h, k in zip(xa, cal_h, keep))
+                weight, bias = acc.solve()
+                weight, bias = weight.float(), bias.float()
+                parent, attr, old = _swap_blocks(model, blocks[j:])
+                nll, tokens = 0.0, 0
+                try:
+                    for h, b in zip(ev_h, eval_batches):
+                        emb = h[i] @ weight.T + bias
+                        mask = b.get("attention_mask")
+                        logits = model(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
+                        ids = b["input_ids"]
+                        labels = (ids.masked_fill(mask == 0, -100) if mask is not None else ids)[:, 1:]
+                        nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                     labels.reshape(-1), ignore_index=-100, reduction="sum"))
+                        tokens += int((labels != -100).sum())
+                finally:
+                    setattr(parent, attr, old)
+                gens = None
+                if prompts is not None:
+                    gens = _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts,
+                                                   max_new_tokens, batch_size)
+                out[(i, j)] = {"perplexity": math.exp(nll / tokens), "generations": gens}
+                if on_config is not None:
+                    on_config((i, j))
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts, max_new_tokens,
+                            batch_size) -> list[str]:
+    """Greedy continuations of ``prompts`` by ``blocks[:i] -> T -> blocks[j:]`` (see lm_self_stitch_oracle)."""
+
+    def stitch(_module, args, kwargs):
+        if args:
+            return (args[0] @ weight.T + bias, *args[1:]), kwargs
+        kwargs["hidden_states"] = kwargs["hidden_states"] @ weight.T + bias
+        return args, kwargs
+
+    parent, attr, old = _swap_blocks(model, blocks[:i] + blocks[j:])
+    handle = blocks[j].register_forward_pre_hook(stitch, with_kwargs=True)
+    try:
+        return generate_texts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              progress=False)
+    finally:
+        handle.remove()
+        setattr(parent, attr, old)
+
+
+def lm_lora_oracle(anchor, configs, *, tokenizer, calibration, train, eval_texts, rouge_prompts, rouge_refs,
+                   rouge, seeds, steps: int, batch: int, lr: float, r: int, max_length: int, max_new_tokens: int,
+                   ridge: float, on_run=None) -> dict:
+    """``{(i, j): {"perplexity": [per seed], "rougeL": [per seed]}}``: each configuration built from the anchor
+    (least-squares stitch on ``calibration``), LoRA-finetuned per seed on ``train`` (prompt + synopsis, prompt
+    tokens without loss) with hf_klas's trainer, merged, then measured."""
+    data = prepare_causal_lm_dataset(train, tokenizer, prompt_column="prompt", target_column="target",
+                                     max_length=max_length)
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="hf_klas_study_lm_") as tmp:
+        for i, j in configs:
+            init = StitchedModel.from_anchors(anchor, front_blocks=i, back_start=j, calibration=calibration,
+                                              ridge=ridge, progress=False)
+            res = {"perplexity": [], "rougeL": []}
+            for seed in seeds:
+                trainer = build_trainer(copy.deepcopy(init), training_arguments(tmp, steps, batch, lr, seed), data,
+                                        mode="lora", lora_r=r, processing_class=tokenizer, quiet=True)
+                trainer.train()
+                model = merge_lora(trainer.model).eval()
+                res["perplexity"].append(perplexity(model, tokenizer, eval_texts, max_length=max_length,
+                                                    batch_size=8, progress=False))
+                preds = first_lines(generate_texts(model, tokenizer, rouge_prompts, max_new_tokens=max_new_tokens,
+                                                   batch_size=16, progress=False))
+                scores = rouge.compute(predictions=preds, references=rouge_refs, use_aggregator=False)
+                res["rougeL"].append(float(np.mean(scores["rougeL"])))
+                del trainer, model
+                if on_run is not None:
+                    on_run((i, j, seed))
+            out[(i, j)] = res
+            del init
+    return out

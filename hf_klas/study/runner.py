@@ -1,0 +1,552 @@
+"""Selection-quality study: does a selector's score predict the quality of the stitch after finetuning?
+
+``hf-klas quality`` / :func:`run_quality` (``benchmarks/selection_quality.py`` is a thin script around it).
+
+For each anchor pair:
+
+1. **Oracle** (:mod:`hf_klas.study.oracles`). ViT pairs: every valid configuration between the anchors' FLOPs,
+   least-squares init, then the same finetune per protocol and seed: ``full`` (every weight adapts, anchors at
+   0.1x the LR: the way users finetune a stitch, and what Γ's capacity denominator assumes) and ``stitch`` (the
+   stitch layer alone), each reported as its own study. SmolLM2 self-stitching: a training-free oracle
+   (least-squares stitch, no finetune) over every configuration skipping ``lm_min_skip..lm_max_skip`` blocks
+   (perplexity and ROUGE-L), and a LoRA-finetuned oracle over every configuration of a stride grid in three
+   FLOPs buckets (perplexity and ROUGE-L, per seed).
+2. **Selectors**: every selector scores the whole grid once per pair on the same calibration data
+   (``compute_plan``); the studies of one pair share those scores.
+3. **Metrics** (:mod:`hf_klas.study.statistics`): correlation (global and within FLOPs bucket), top-1 per
+   bucket with regret, the paper's configuration recovery (KLAS's own candidate set, τ and back-block cover on),
+   AUC; every definition is written into the JSON.
+4. **Outputs** (:mod:`hf_klas.study.report`): ``<name>.json`` (everything, including which data was used),
+   ``<name>.md``, ``<name>.png`` and one PNG per study. ``from_json`` re-analyses a stored run without models.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..calibration import calibration_batches
+from ..console import quiet_console, stage
+from ..data.debian_descriptions import FROZEN_MANIFEST, load_debian_descriptions
+from ..data.fashion_mnist import fashion_mnist_root, load_fashion_mnist_arrays, preprocess
+from ..errors import HfKlasError
+from ..evaluation import first_lines, generate_texts, load_rouge, perplexity, top1_accuracy
+from ..evaluation.pareto import ParetoPoint
+from ..flops import DEFAULT_SEQ_LEN
+from ..loading import resolve_anchor
+from ..selection.api import compute_plan
+from ..selection.scoring import assign_buckets, bucket_edges
+from ..selection.selectors import SELECTORS
+from ..selection.selectors.base import grids, valid_mask
+from ..version import __version__
+from . import report as reporting
+from .options import QualityOptions, parse_selector, quick
+from .oracles import PixelDataset, lm_lora_oracle, lm_self_stitch_oracle, vit_oracle
+from .statistics import AUC_DEFINITION, DEFINITIONS, analyze_selector
+
+__all__ = ["run_quality", "cli_options"]
+
+FORMAT = "hf_klas.selection_quality"
+
+
+# ------------------------------------------------------------------------------------------------------------
+# selectors
+# ------------------------------------------------------------------------------------------------------------
+def _selector_options(method: str, extra: dict, opts: QualityOptions, seed: int = 0) -> dict:
+    known = {f.name for f in fields(SELECTORS[method].config_class)}
+    out = dict(extra)
+    if "seed" in known:
+        out["seed"] = seed
+    if extra.get("probe") == "tuned_lens":
+        out["probe_options"] = {"max_steps": int(opts.tuned_lens_steps)}
+    return out
+
+
+def run_selectors(specs, front, back, calibration, opts: QualityOptions, pool, *, compute_kw: dict,
+                  flops_grid: np.ndarray, bar=None) -> dict:
+    """``{label: {"score": [N], "seconds", "method", "options"}}`` (random: ``"scores"``, one list per seed)."""
+    out = {}
+    for spec in specs:
+        label, method, extra = parse_selector(spec)
+        seeds = list(range(opts.random_repeats)) if method == "random" else [0]
+        scores, secs, info = [], 0.0, {}
+        for seed in seeds:
+            sel_opts = _selector_options(method, extra, opts, seed)
+            t0 = time.perf_counter()
+            try:
+                plan, info = compute_plan(front, back, calibration, method, cache=opts.use_cache, progress=False,
+                                          **compute_kw, **sel_opts)
+            except HfKlasError as err:
+                out[label] = {"method": method, "options": _json_safe(sel_opts), "error": str(err)}
+                break
+            secs += time.perf_counter() - t0
+            if not np.allclose(plan.flops.numpy(), flops_grid, rtol=1e-9):
+                raise HfKlasError(f"Selector {label} counted FLOPs differently from the study.",
+                                  "Report this: every plan must use hf_klas.flops.")
+            sc = plan.score.numpy()
+            scores.append([float(sc[c["front_blocks"] - 1, c["back_start"]]) for c in pool])
+        else:
+            entry = {"method": method, "options": _json_safe(sel_opts), "seconds": secs / len(seeds),
+                     "cached": bool(info.get("cached", False))}
+            entry["scores" if method == "random" else "score"] = scores if method == "random" else scores[0]
+            out[label] = entry
+        if bar is not None:
+            bar.update()
+    return out
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, np.floating):
+        return _json_safe(float(obj))
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _num(x):
+    return None if x is None or not math.isfinite(float(x)) else float(x)
+
+
+def analyze_study(study: dict, selectors: dict, opts: QualityOptions) -> dict:
+    """Fill ``study["selectors"]`` with every metric per selector, plus the oracle's own row (an upper bound)."""
+    pool = study["oracle"]["configs"]
+    qps = np.array([c["quality_per_seed"] for c in pool], dtype=np.float64).T  # [S, N]
+    buckets = np.array([c["bucket"] for c in pool])
+    higher = study["higher_is_better"]
+    anchors = [ParetoPoint(name=a["name"], flops=a["flops"], params=0.0, metric=a["metric"], kind="anchor")
+               for a in study["anchors"]]
+    qinit = [c["quality_init"] for c in pool] if all(c.get("quality_init") is not None for c in pool) else None
+    common = dict(higher_is_better=higher, tie_rank=np.random.default_rng(opts.subset_seed).permutation(len(pool)),
+                  anchor_points=anchors, flops_range=tuple(study["flops_range"]), edges=study["bucket_edges"],
+                  grid=study["oracle"]["grid"], tau=opts.tau, quality_init=qinit)
+    sign = 1.0 if higher else -1.0
+    orc = analyze_selector(-sign * qps.mean(0), qps, pool, buckets, **common)
+    results = {"oracle": {"method": "oracle", "seconds": None,
+                          **{k: orc[k] for k in ("top1", "top1_chance", "regret", "auc", "auc_stitches",
+                                                 "candidates", "buckets_nontrivial", "recovery_k")}}}
+    for label, entry in selectors.items():
+        if "error" in entry:
+            results[label] = entry
+            continue
+        if "scores" in entry:  # random: mean and std over seeds
+            runs = [analyze_selector(s, qps, pool, buckets, **common) for s in entry["scores"]]
+            agg = {"method": entry["method"], "seconds": entry["seconds"], "repeats": len(runs)}
+            for key in ("spearman", "kendall", "spearman_within_bucket", "kendall_within_bucket", "spearman_init",
+                        "top1", "top1_chance", "regret", "recovery", "recovery_chance", "set_size", "recovery_k",
+                        "auc", "auc_stitches", "buckets_nontrivial"):
+                vals = [r.get(key) for r in runs if r.get(key) is not None]
+                agg[key] = float(np.mean(vals)) if vals else None
+                agg[f"{key}_std"] = float(np.std(vals)) if len(vals) > 1 else None
+            agg["candidates"] = runs[0]["candidates"]
+            agg["scores"] = [[_num(x) for x in sc] for sc in entry["scores"]]
+            results[label] = agg
+        else:
+            res = analyze_selector(entry["score"], qps, pool, buckets, **common)
+            results[label] = {"method": entry["method"], "options": entry["options"], "seconds": entry["seconds"],
+                              "cached": entry.get("cached", False), **res}
+            for c, s in zip(pool, entry["score"]):
+                c.setdefault("scores", {})[label] = _num(s)
+    study["selectors"] = results
+    return study
+
+
+# ------------------------------------------------------------------------------------------------------------
+# ViT pairs
+# ------------------------------------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def vit_data(opts: QualityOptions):
+    """Fixed subsets: finetuning = the first N training images, calibration = the last M training images
+    (disjoint), evaluation = the first K test images. Returns the data and a record of exactly which."""
+    tr_img, tr_lab = load_fashion_mnist_arrays("train")
+    te_img, te_lab = load_fashion_mnist_arrays("test", limit=opts.vit_test_samples)
+    n, nc = opts.vit_train_samples, opts.vit_calibration_samples
+    if n + nc > len(tr_img):
+        raise HfKlasError(f"vit_train_samples + vit_calibration_samples = {n + nc} > {len(tr_img)} training images.",
+                          "Lower one of them (they must not overlap).")
+    train = PixelDataset(preprocess(tr_img[:n], channels=1).expand(-1, 3, -1, -1), torch.as_tensor(tr_lab[:n]))
+    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(preprocess(te_img), torch.as_tensor(te_lab)),
+                                       batch_size=500)
+    cal_px, cal_lab = preprocess(tr_img[-nc:]), torch.as_tensor(tr_lab[-nc:])
+    calib_sel = [{"pixel_values": cal_px[k:k + 64], "labels": cal_lab[k:k + 64]} for k in range(0, nc, 64)]
+    calib_ls = [{"pixel_values": cal_px[k:k + 64]} for k in range(0, nc, 64)]
+    root = fashion_mnist_root()
+    record = {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist IDX files)",
+              "files_sha256": {p.name: _sha256(p) for p in sorted(root.glob("*-ubyte.gz"))},
+              "finetune": f"training images 0..{n - 1}", "calibration": f"training images {len(tr_img) - nc}.."
+              f"{len(tr_img) - 1}", "evaluation": f"test images 0..{opts.vit_test_samples - 1}"}
+    return (train, test, calib_sel, calib_ls), record
+
+
+def vit_studies(pair: str, opts: QualityOptions, data, bar) -> list[dict]:
+    """One study per protocol for ``front:back``: the same pool, oracle LS init and selector scores."""
+    front_name, back_name = pair.split(":", 1)
+    t_start = time.perf_counter()
+    front, back = resolve_anchor(front_name), resolve_anchor(back_name)
+    flops_grid, _, a_flops = grids(front.config, back.config)
+    flops_grid = flops_grid.numpy()
+    lo, hi = min(a_flops), max(a_flops)
+    edges = bucket_edges(lo, hi, opts.num_buckets)
+    bgrid = assign_buckets(torch.as_tensor(flops_grid), edges).numpy()
+    m, n = flops_grid.shape
+    pool = [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "flops": float(flops_grid[i - 1, j]),
+             "bucket": int(bgrid[i - 1, j])} for i in range(1, m + 1) for j in range(n) if bgrid[i - 1, j] >= 0]
+    anchors = []
+    for name, anc, fl in ((front_name, front, a_flops[0]), (back_name, back, a_flops[1])):
+        anchors.append({"name": name, "flops": float(fl),
+                        "metric": top1_accuracy(anc.load_full(dtype=torch.float32).eval(), data[1], progress=False)})
+    t_oracle = time.perf_counter()
+    vit_oracle(front, back, pool, data, protocols=opts.vit_protocols, seeds=opts.vit_seeds, steps=opts.vit_steps,
+               batch=opts.vit_batch_size, lr=opts.vit_lr, anchor_lr_scale=opts.vit_anchor_lr_scale, ridge=opts.ridge,
+               on_config=lambda c: bar.update(len(opts.vit_protocols) * len(opts.vit_seeds)))
+    oracle_seconds = time.perf_counter() - t_oracle
+    t_sel = time.perf_counter()
+    selectors = run_selectors(opts.vit_selectors, front, back, data[2], opts, pool,
+                              compute_kw=dict(max_samples=None, batch_size=64), flops_grid=flops_grid, bar=bar)
+    selection_seconds = time.perf_counter() - t_sel
+    studies = []
+    for protocol in opts.vit_protocols:
+        configs = []
+        for c in pool:
+            q = c["quality_per_seed"][protocol]
+            configs.append({k: v for k, v in c.items() if k != "quality_per_seed"} |
+                           {"quality_per_seed": q, "quality": float(np.mean(q)),
+                            "quality_std": float(np.std(q)) if len(q) > 1 else None})
+        stds = [c["quality_std"] for c in configs if c["quality_std"] is not None]
+        what = {"full": f"full finetuning (every weight; stitch at lr {opts.vit_lr:g}, anchors at "
+                        f"{opts.vit_anchor_lr_scale:g}x)",
+                "lora": f"LoRA on the blocks + the stitch (lr {opts.vit_lr:g})",
+                "stitch": f"the stitch layer alone (lr {opts.vit_lr:g}; back blocks frozen)"}[protocol]
+        study = {
+            "name": f"{front_name}->{back_name} [{protocol}]", "kind": "vit", "protocol": protocol,
+            "front": front_name, "back": back_name, "metric": "top1_accuracy", "higher_is_better": True,
+            "flops_unit": "per image", "flops_range": [lo, hi], "bucket_edges": edges, "anchors": anchors,
+            "oracle": {
+                "description": (f"every valid configuration with FLOPs between the anchors ({len(pool)} of {m * n}); "
+                                f"least-squares init on {opts.vit_calibration_samples} calibration images, then "
+                                f"{opts.vit_steps} steps of {what}, AdamW, linear decay, batch "
+                                f"{opts.vit_batch_size}, on the first {opts.vit_train_samples} training images, "
+                                f"per seed {opts.vit_seeds} (seed = data order); top-1 on the first "
+                                f"{opts.vit_test_samples} test images. quality_init = accuracy after the LS init."),
+                "finetuned": opts.vit_steps > 0, "protocol": protocol, "seeds": list(opts.vit_seeds),
+                "grid": [m, n], "configs": configs,
+                "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
+                "quality_seed_std_max": float(np.max(stds)) if stds else None,
+                "seconds": oracle_seconds / len(opts.vit_protocols),
+            },
+            "selection_seconds": selection_seconds, "seconds": time.perf_counter() - t_start,
+        }
+        studies.append(analyze_study(study, copy.deepcopy(selectors), opts))
+    return studies
+
+
+# ------------------------------------------------------------------------------------------------------------
+# LM self-stitching
+# ------------------------------------------------------------------------------------------------------------
+def _subset(n: int, max_configs: int, seed: int) -> list[int]:
+    if not max_configs or max_configs >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=max_configs, replace=False).tolist())
+
+
+def lm_studies(opts: QualityOptions, bar_factory) -> tuple[list[dict], dict]:
+    """SmolLM2 self-stitching: training-free oracle (perplexity, ROUGE-L) over the pool, LoRA oracle over a
+    grid in three FLOPs buckets; one selector pass. Returns the studies and a record of the data used."""
+    t_start = time.perf_counter()
+    anchor = resolve_anchor(opts.lm_anchor)
+    tok = anchor.load_preprocessor()
+    if tok is None:
+        raise HfKlasError(f"The LM anchor {opts.lm_anchor} has no tokenizer.", "Save the tokenizer with it.")
+    cut = opts.lm_description_chars
+    train_all = load_debian_descriptions("train", max_description_chars=cut).shuffle(seed=opts.subset_seed)
+    test_all = load_debian_descriptions("test", max_description_chars=cut).shuffle(seed=opts.subset_seed)
+    cal_ds = train_all.select(range(min(opts.lm_calibration_texts, len(train_all))))
+    lora_train = train_all.select(range(len(cal_ds), min(len(cal_ds) + opts.lm_train_texts, len(train_all))))
+    eval_ds = test_all.select(range(min(opts.lm_eval_texts, len(test_all))))
+    rouge_ds = test_all.select(range(min(opts.lm_rouge_texts, len(test_all))))
+    cal_texts = [p + " " + t for p, t in zip(cal_ds["prompt"], cal_ds["target"])]
+    eval_texts = [p + " " + t for p, t in zip(eval_ds["prompt"], eval_ds["target"])]
+    prompts, refs = list(rouge_ds["prompt"]), list(rouge_ds["target"])
+    manifest = json.loads(FROZEN_MANIFEST.read_text())
+    record = {"dataset": f"debian_descriptions {manifest['version']} (frozen, sha256 {manifest['sha256'][:16]}...), "
+                         f"descriptions cut to {cut} characters",
+              "calibration_packages": list(cal_ds["package"]), "lora_train_packages": list(lora_train["package"]),
+              "eval_packages": list(eval_ds["package"]), "rouge_packages": list(rouge_ds["package"])}
+
+    flops_grid, _, a_flops = grids(anchor.config, anchor.config, DEFAULT_SEQ_LEN, same=True)
+    flops_grid = flops_grid.numpy()
+    m = n = int(anchor.config.num_hidden_layers)
+    valid = valid_mask(m, n, True).numpy()
+    eligible = [(i, j) for i in range(1, m + 1) for j in range(n)
+                if valid[i - 1, j] and opts.lm_min_skip <= j - i <= opts.lm_max_skip]
+    if not eligible:
+        raise HfKlasError(f"No self-stitch configuration skips {opts.lm_min_skip}..{opts.lm_max_skip} blocks of a "
+                          f"{n}-block model.", "Lower lm_min_skip / lm_max_skip.")
+    chosen = [eligible[k] for k in _subset(len(eligible), opts.lm_max_configs, opts.subset_seed)]
+    lo, hi = float(min(flops_grid[i - 1, j] for i, j in chosen)), float(a_flops[1])
+    edges = bucket_edges(lo, hi, opts.num_buckets)
+    bucket_of = {(i, j): int(assign_buckets(torch.tensor([float(flops_grid[i - 1, j])], dtype=torch.float64),
+                                            edges)[0]) for i, j in chosen}
+    # the LoRA grid: stitches after every k-th block, in the cheapest, a middle and the dearest bucket
+    by_bucket: dict[int, list] = {}
+    for i, j in chosen:
+        if i % opts.lm_lora_stride == 0:
+            by_bucket.setdefault(bucket_of[(i, j)], []).append((i, j))
+    nonempty = sorted(b for b, cs in by_bucket.items() if len(cs) > 1)
+    picked = sorted({nonempty[round(x * (len(nonempty) - 1) / max(opts.lm_lora_buckets - 1, 1))]
+                     for x in range(opts.lm_lora_buckets)}) if nonempty and opts.lm_lora_buckets else []
+    lora_configs = [c for b in picked for c in by_bucket[b]]
+
+    model = anchor.load_full(dtype=torch.float32).eval()
+    cal_b = calibration_batches(cal_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
+    ev_b = calibration_batches(eval_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
+    rouge = load_rouge()
+
+    def rouge_l(preds) -> float:  # mean per-example F (no bootstrap: cheap and deterministic)
+        return float(np.mean(rouge.compute(predictions=first_lines(preds), references=refs,
+                                           use_aggregator=False)["rougeL"]))
+
+    anchor_ppl = perplexity(model, tok, eval_texts, max_length=opts.lm_max_length, batch_size=8, progress=False)
+    anchor_rouge = rouge_l(generate_texts(model, tok, prompts, max_new_tokens=opts.lm_max_new_tokens, batch_size=16,
+                                          progress=False)) if prompts else None
+    bar = bar_factory(len(chosen), "LM oracle: least-squares stitches, perplexity + generation")
+    t_oracle = time.perf_counter()
+    res = lm_self_stitch_oracle(model, chosen, cal_b, ev_b, ridge=opts.ridge, tokenizer=tok,
+                                prompts=prompts or None, max_new_tokens=opts.lm_max_new_tokens,
+                                on_config=lambda _c: bar.update())
+    free_seconds = time.perf_counter() - t_oracle
+    bar.close()
+    del model
+    bar = bar_factory(len(lora_configs) * len(opts.lm_lora_seeds), "LM oracle: LoRA-finetuned stitches")
+    t_lora = time.perf_counter()
+    lora = lm_lora_oracle(anchor, lora_configs, tokenizer=tok, calibration=cal_texts, train=lora_train,
+                          eval_texts=eval_texts, rouge_prompts=prompts, rouge_refs=refs, rouge=rouge,
+                          seeds=opts.lm_lora_seeds, steps=opts.lm_lora_steps, batch=opts.lm_lora_batch_size,
+                          lr=opts.lm_lora_lr, r=opts.lm_lora_r, max_length=opts.lm_max_length,
+                          max_new_tokens=opts.lm_max_new_tokens, ridge=opts.ridge,
+                          on_run=lambda _r: bar.update()) if prompts else {}
+    lora_seconds = time.perf_counter() - t_lora
+    bar.close()
+
+    pool = [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "skip": j - i,
+             "flops": float(flops_grid[i - 1, j]), "bucket": bucket_of[(i, j)]} for i, j in chosen]
+    bar = bar_factory(len(opts.lm_selectors), "LM selectors")
+    t_sel = time.perf_counter()
+    selectors = run_selectors(opts.lm_selectors, anchor, None, cal_texts, opts, pool,
+                              compute_kw=dict(max_samples=opts.lm_selector_texts, max_length=opts.lm_max_length,
+                                              batch_size=8), flops_grid=flops_grid, bar=bar)
+    bar.close()
+    base = {"kind": "lm_self_stitch", "front": opts.lm_anchor, "back": opts.lm_anchor,
+            "flops_unit": f"per sequence of {DEFAULT_SEQ_LEN} tokens", "flops_range": [lo, hi], "bucket_edges": edges,
+            "selector_calibration": f"the first {opts.lm_selector_texts} of the {len(cal_texts)} calibration texts",
+            "selection_seconds": time.perf_counter() - t_sel, "seconds": time.perf_counter() - t_start}
+    grid = [m, n]
+    ntok = int(sum(int(b["attention_mask"].sum()) for b in cal_b))
+    free_text = (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks, "
+                 + (f"a seeded random {len(chosen)} of {len(eligible)}" if len(chosen) < len(eligible)
+                    else f"all {len(chosen)}")
+                 + f"; NOT finetuned: the least-squares stitch (fit on {len(cal_texts)} Debian descriptions, "
+                 f"{ntok} tokens)")
+    skips = sorted({j - i for i, j in lora_configs})
+    lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (front_blocks a multiple of "
+                 f"{opts.lm_lora_stride}) in {len(picked)} FLOPs buckets ({len(lora_configs)} configurations, "
+                 f"skipping {', '.join(map(str, skips))} blocks); least-squares init, then {opts.lm_lora_steps} LoRA steps (r={opts.lm_lora_r}, lr "
+                 f"{opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer trained too) on "
+                 f"{len(lora_train)} Debian training packages (prompt + synopsis, loss on the synopsis), per seed "
+                 f"{opts.lm_lora_seeds}")
+    anchor_name = Path(opts.lm_anchor).name
+    studies = []
+    for metric, higher, anchor_value, what in (
+            ("perplexity", False, anchor_ppl, f"perplexity on {len(eval_texts)} Debian descriptions (test split)"),
+            ("rougeL", True, anchor_rouge, f"ROUGE-L (mean per-example F) of the first generated line "
+                                           f"({opts.lm_max_new_tokens} greedy tokens) on {len(refs)} test packages")):
+        if anchor_value is None:
+            continue
+        free = [dict(c, quality_per_seed=[res[(c["front_blocks"], c["back_start"])]["perplexity"] if metric ==
+                                          "perplexity" else rouge_l(res[(c["front_blocks"], c["back_start"])][
+                                              "generations"])]) for c in pool]
+        for c in free:
+            c["quality"] = c["quality_per_seed"][0]
+        studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [training-free]",
+                            protocol="training-free", metric=metric, higher_is_better=higher,
+                            anchors=[{"name": anchor_name, "flops": float(a_flops[1]), "metric": anchor_value}],
+                            oracle={"description": free_text + "; " + what, "finetuned": False, "seeds": [None],
+                                    "grid": grid, "configs": free, "seconds": free_seconds}))
+        if lora:
+            lpool = [dict(c, quality_per_seed=lora[(c["front_blocks"], c["back_start"])][metric]) for c in pool
+                     if (c["front_blocks"], c["back_start"]) in lora]
+            for c in lpool:
+                c["quality"] = float(np.mean(c["quality_per_seed"]))
+                c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(c["quality_per_seed"]) > 1 else None
+            stds = [c["quality_std"] for c in lpool if c.get("quality_std") is not None]
+            studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [LoRA]",
+                                protocol="lora", metric=metric, higher_is_better=higher,
+                                anchors=[{"name": anchor_name, "flops": float(a_flops[1]), "metric": anchor_value}],
+                                oracle={"description": lora_text + "; " + what, "finetuned": True,
+                                        "seeds": list(opts.lm_lora_seeds), "grid": grid, "configs": lpool,
+                                        "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
+                                        "quality_seed_std_max": float(np.max(stds)) if stds else None,
+                                        "seconds": lora_seconds}))
+    index = {(c["front_blocks"], c["back_start"]): k for k, c in enumerate(pool)}
+
+    def scores_on(configs) -> dict:  # the selectors' scores restricted to a study's pool (the LoRA grid)
+        idx = [index[(c["front_blocks"], c["back_start"])] for c in configs]
+        out = copy.deepcopy(selectors)
+        for entry in out.values():
+            if "score" in entry:
+                entry["score"] = [entry["score"][k] for k in idx]
+            if "scores" in entry:
+                entry["scores"] = [[sc[k] for k in idx] for sc in entry["scores"]]
+        return out
+
+    return [analyze_study(st, scores_on(st["oracle"]["configs"]), opts) for st in studies], record
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the command
+# ------------------------------------------------------------------------------------------------------------
+def run_quality(opts: QualityOptions | None = None, *, command: str | None = None, **kwargs) -> dict:
+    """Run the study (module docstring) and write ``<out_dir>/<name>.json/.md/.png``; returns a summary.
+    ``command``: the command line recorded in the report (default: ``sys.argv``)."""
+    opts = replace(opts, **kwargs) if opts is not None else QualityOptions(**kwargs)
+    if opts.from_json:
+        return reanalyze(opts, command)
+    given = opts
+    if opts.quick:
+        opts = quick(opts)
+    if opts.threads:
+        torch.set_num_threads(int(opts.threads))
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    out = Path(opts.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    studies, data_used = [], {}
+
+    def bar_factory(total, desc):
+        return stage(total, desc, unit="run") if opts.progress else _NoBar()
+
+    with quiet_console(out / f"{opts.name}.log", verbose=opts.verbose):
+        if "vit" in opts.studies:
+            data, data_used["vit"] = vit_data(opts)
+            for pair in opts.vit_pairs:
+                front, back = pair.split(":", 1)
+                total = _vit_pool_size(front, back, opts) * len(opts.vit_protocols) * len(opts.vit_seeds)
+                bar = bar_factory(total + len(opts.vit_selectors), f"ViT {front}->{back}: oracle runs + selectors")
+                studies += vit_studies(pair, opts, data, bar)
+                bar.close()
+        if "lm" in opts.studies:
+            lm, data_used["lm"] = lm_studies(opts, bar_factory)
+            studies += lm
+    report = {
+        "format": FORMAT, "hf_klas_version": __version__, "name": opts.name,
+        "command": command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "run_quality(...)"),
+        "options": asdict(opts), "options_given": asdict(given), "definitions": dict(DEFINITIONS,
+                                                                                     auc_pareto=AUC_DEFINITION),
+        "data": data_used,
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()},
+        "studies": studies,
+    }
+    report["wall_seconds"] = time.perf_counter() - t0
+    report["cpu_seconds"] = time.process_time() - cpu0
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
+    return reporting.write_outputs(_json_safe(report), opts)
+
+
+class _NoBar:
+    def update(self, n: int = 1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _vit_pool_size(front: str, back: str, opts: QualityOptions) -> int:
+    fa, ba = resolve_anchor(front), resolve_anchor(back)
+    flops_grid, _, a_flops = grids(fa.config, ba.config)
+    edges = bucket_edges(min(a_flops), max(a_flops), opts.num_buckets)
+    return int((assign_buckets(flops_grid, edges) >= 0).sum())
+
+
+def _random_scores(st: dict, pool: list[dict], repeats: int) -> list[list[float]]:
+    """The random selector's pool scores for seeds 0..repeats-1 (data-free: no model runs)."""
+    back = None if st["kind"] == "lm_self_stitch" else st["back"]
+    scores = []
+    for seed in range(repeats):
+        plan, _ = compute_plan(st["front"], back, None, "random", cache=False, progress=False, seed=seed)
+        sc = plan.score.numpy()
+        scores.append([float(sc[c["front_blocks"] - 1, c["back_start"]]) for c in pool])
+    return scores
+
+
+def reanalyze(opts: QualityOptions, command: str | None) -> dict:
+    """``from_json``: metrics, tables and plots recomputed from a previous report (see the option's help)."""
+    t0 = time.perf_counter()
+    path = Path(opts.from_json)
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise HfKlasError(f"Cannot read the previous report {path}: {err}.",
+                          "Pass the selection_quality JSON written by run_quality / benchmarks/selection_quality.py.")
+    if old.get("format") != FORMAT:
+        raise HfKlasError(f"{path} is not a selection-quality report (format={old.get('format')!r}).",
+                          "Pass the selection_quality JSON written by run_quality.")
+    known = {f.name for f in fields(QualityOptions)}
+    orig = QualityOptions(**{k: v for k, v in old["options"].items() if k in known and k != "from_json"})
+    new_opts = replace(orig, tau=opts.tau, random_repeats=opts.random_repeats, out_dir=opts.out_dir, name=opts.name,
+                       progress=opts.progress, from_json=str(path))
+    studies = []
+    for old_st in old["studies"]:
+        st = {k: v for k, v in old_st.items() if k != "selectors"}
+        pool = st["oracle"]["configs"]
+        selectors = {}
+        for label, r in old_st["selectors"].items():
+            if label == "oracle":
+                continue
+            if "error" in r:
+                selectors[label] = r
+                continue
+            entry = {"method": r["method"], "options": r.get("options", {}), "seconds": r.get("seconds"),
+                     "cached": r.get("cached", False)}
+            if r["method"] == "random":
+                stored = r.get("scores") or []
+                entry["scores"] = (stored[:new_opts.random_repeats] if len(stored) >= new_opts.random_repeats
+                                   else _random_scores(st, pool, new_opts.random_repeats))
+                entry["scores"] = [[math.nan if x is None else x for x in sc] for sc in entry["scores"]]
+            else:
+                entry["score"] = [math.nan if c.get("scores", {}).get(label) is None else c["scores"][label]
+                                  for c in pool]
+            selectors[label] = entry
+        for c in pool:
+            c.pop("scores", None)
+        studies.append(analyze_study(st, selectors, new_opts))
+    report = dict(old, name=new_opts.name, options=asdict(new_opts),
+                  definitions=dict(DEFINITIONS, auc_pareto=AUC_DEFINITION), studies=studies,
+                  reanalysis={"from": str(path), "command": command or " ".join(sys.argv),
+                              "seconds": time.perf_counter() - t0,
+                              "note": "metrics recomputed from the stored oracle qualities and selector scores; "
+                                      "wall_seconds / cpu_seconds are the original run's"})
+    return reporting.write_outputs(_json_safe(report), new_opts)
+
+
+def cli_options(run_name: str, argv: list[str]) -> list[type]:
+    """The dataclasses whose fields are ``hf-klas quality``'s flags."""
+    return [QualityOptions]
