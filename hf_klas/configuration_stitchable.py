@@ -29,6 +29,10 @@ from .errors import BudgetError, IncompatibleAnchorsError, StitchPointError
 from .families import CAUSAL_LM, family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops, format_flops, stitch_flops, stitch_params
 
+# transformers 5.0 copies only the *direct* relative imports of a local checkpoint's code files (trust_remote_code):
+# the version module its imports need is imported by name so the config loads without hf_klas there too.
+from .version import __version__  # noqa: F401
+
 SAMPLING = ("uniform", "flops")
 DEFAULT_BUCKETS = 10
 _SHAPE_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads",

@@ -41,6 +41,11 @@ from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError, IncompatibleAnchorsError
 from .families import CAUSAL_LM
 from .flops import stitch_params
+
+# transformers 5.0 copies only the *direct* relative imports of a local checkpoint's code files (trust_remote_code),
+# so every module the saved code needs is imported by name here or in configuration_stitchable, not only reached
+# through another one.
+from .model_card import CARD_MARKER  # noqa: F401
 from .modeling_stitched import (
     Part,
     StitchedModelForCausalLM,

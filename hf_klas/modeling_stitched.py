@@ -36,6 +36,10 @@ from .anatomy import (
 from .configuration_stitched import StitchedConfig
 from .errors import StitchPointError
 from .families import IMAGE_CLASSIFICATION, family_of
+
+# transformers 5.0 copies only the *direct* relative imports of a local checkpoint's code files (trust_remote_code):
+# the model card's FLOPs formatter is imported by name so a saved directory loads without hf_klas there too.
+from .flops import format_flops  # noqa: F401
 from .model_card import CARD_MARKER, render_model_card, write_model_card
 
 #: Attribute set on a KV cache by the first stitched forward that uses it: the configuration that fills it.

@@ -5,6 +5,7 @@ the errors for bad input."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,6 +82,16 @@ def vision():
     small, big = vision_pair()
     return StitchableModelForImageClassification.from_anchors(
         small, big, configs=[(1, 1), (2, 2), (3, 0), (3, 3)], calibration=[torch.randn(8, 1, 8, 8)], progress=False)
+
+
+def without_hf_klas(code: str, tmp_path) -> str:
+    """Run ``code`` where hf_klas cannot be imported, with a fresh dynamic-module cache (transformers copies the
+    checkpoint's code there; a warm cache would hide a file the checkpoint lacks). Returns its last output line."""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    res = subprocess.run([sys.executable, "-c", BLOCK_HF_KLAS + code], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout.strip().splitlines()[-1]
 
 
 def pixels(n=3, seed=0):
@@ -283,7 +294,7 @@ def test_trust_remote_code_without_hf_klas_switches_generates_and_extracts(cross
     for c in CROSS:
         cross.set_stitch(c)
         expected[c] = cross.generate(x, max_new_tokens=5, do_sample=False).tolist()
-    code = BLOCK_HF_KLAS + f"""
+    code = f"""
 import json, torch
 from transformers import AutoModelForCausalLM
 m = AutoModelForCausalLM.from_pretrained({str(tmp_path)!r}, trust_remote_code=True, stitch=(1, 2))
@@ -302,9 +313,7 @@ except ValueError as err:
     out["from_anchors"] = str(err).splitlines()[0]
 print(json.dumps(out))
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = json.loads(res.stdout.strip().splitlines()[-1])
+    got = json.loads(without_hf_klas(code, tmp_path))
     for c in CROSS:
         assert got[str(c)] == expected[c], c
     assert got["extracted"] == expected[(2, 3)]
@@ -321,17 +330,15 @@ def test_vision_save_load_auto_class_and_remote_code(vision, tmp_path):
         vision.set_stitch(c)
         again.set_stitch(c)
         assert torch.allclose(again(pixel_values=x).logits, vision(pixel_values=x).logits, atol=ATOL)
-    code = BLOCK_HF_KLAS + f"""
+    code = f"""
 import torch
 from transformers import AutoModelForImageClassification
 m = AutoModelForImageClassification.from_pretrained({str(tmp_path)!r}, trust_remote_code=True, stitch=(1, 1))
 print(m(pixel_values=torch.tensor({x.tolist()!r})).logits.tolist())
 """
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    got = torch.tensor(eval(without_hf_klas(code, tmp_path)))
     vision.set_stitch(1, 1)
-    assert torch.allclose(torch.tensor(eval(res.stdout.strip().splitlines()[-1])), vision(pixel_values=x).logits,
-                          atol=1e-4)
+    assert torch.allclose(got, vision(pixel_values=x).logits, atol=1e-4)
 
 
 # ---- the ecosystem ------------------------------------------------------------------------------------------------

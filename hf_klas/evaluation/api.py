@@ -375,7 +375,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
                 raise HfKlasError(f"{d} is a {task_of(model)} model, the anchors {task} models.",
                                   "Evaluate one task per Pareto front.")
             stitchable = isinstance(model.config, StitchableConfig)
-            active, measured = model.config.active_stitch, {}
+            active, measured = (model.config.active_stitch if stitchable else None), {}
             for key in model.config.stitches if stitchable else [None]:
                 if key is not None:
                     model.set_stitch(key)
