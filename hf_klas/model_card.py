@@ -108,7 +108,8 @@ def render_stitchable_card(config) -> str:
             *metrics, "selector score", "training steps", "active"]
     lines += ["# Stitchable model", "",
               f"One network, {len(table)} stitch configurations of {anchors} ({f.model_type}, hidden {f.hidden_size}"
-              + ("" if config.self_stitch else f" → {b.model_type}, hidden {b.hidden_size}") + "): the anchors' blocks "
+              + ("" if config.self_stitch else f" → {b.model_type}, hidden {b.hidden_size}")
+              + "): the anchors' blocks "
               "are held once, with one learned linear stitch per configuration, and the configuration is switched at "
               "run time (no reload, no weight copy). Configuration (i, j) runs front blocks 1–i, its stitch, then "
               f"back blocks j+1–{b.num_hidden_layers} with the back's final norm and head.", "",
@@ -126,7 +127,8 @@ def render_stitchable_card(config) -> str:
                "stitch initialisation")
     auto = _auto_class(config)
     lines += ["", f"Stitches initialised by `{recipe.get('stitch_init', 'n/a')}`"
-              + (f" from the `{recipe['selection_method']}` plan's candidates" if recipe.get("selection_method") else "")
+              + (f" from the `{recipe['selection_method']}` plan's candidates" if recipe.get("selection_method")
+                 else "")
               + f", then trained {trained}. hf_klas {getattr(config, 'hf_klas_version', 'n/a')}.", "",
               "## Use", "", "```python", f"from transformers import {auto}",
               f"model = {auto}.from_pretrained(\"<this repo>\", trust_remote_code=True, budget_flops=0.5)",

@@ -351,7 +351,7 @@ def tiny_tokenizer(vocab=128):
                                    unk_token="t3")
 
 
-def test_pipelines_run_the_active_configuration(cross):
+def test_pipelines_run_the_active_configuration(cross, tmp_path):
     from PIL import Image
     from transformers import ViTImageProcessor
 
@@ -363,6 +363,9 @@ def test_pipelines_run_the_active_configuration(cross):
         cross.set_stitch(c)
         out = generate(prompt, max_new_tokens=4, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
         assert list(out) == cross.extract(*c).generate(x, max_new_tokens=4, do_sample=False)[0].tolist()
+    cross.save_pretrained(tmp_path / "lm")
+    by_name = pipeline("text-generation", model=str(tmp_path / "lm"), tokenizer=tok, model_kwargs={"stitch": (2, 3)})
+    assert by_name.model.active_stitch == (2, 3)
     # pipelines load images as RGB: a three-channel pair
     from transformers import ViTConfig, ViTForImageClassification
 
@@ -538,6 +541,12 @@ def test_finetune_plan_writes_a_stitchable_model_and_pareto_evaluates_it(tmp_pat
     assert all("perplexity" in e["metrics"] for e in recorded.stitch_configs)
     assert recorded.active_stitch == model.config.active_stitch
     assert "perplexity" in (out / "README.md").read_text()
+    more = run_finetune(model=str(out), dataset=str(tmp_path / "train.jsonl"), mode="stitch", max_steps=2,
+                        per_device_train_batch_size=4, save_steps=0, output_dir=str(tmp_path / "more"), use_cpu=True,
+                        progress=False)  # a saved stitchable model continues its supernet training
+    again = AutoModelForCausalLM.from_pretrained(more["model_dir"])
+    assert type(again) is StitchableModelForCausalLM and int(again.sample_step) == 5
+    assert again.config.stitch_configs[0]["metrics"]["perplexity"] == recorded.stitch_configs[0]["metrics"]["perplexity"]
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
@@ -572,7 +581,8 @@ def test_bad_configurations_budgets_and_anchor_pairs_are_refused(cross, tmp_path
     from hf_klas.selection.plan import AnchorDescriptor, StitchPlan
     from hf_klas.selection.scoring import Candidate
 
-    plan = StitchPlan(method="klas", front=AnchorDescriptor("a", num_blocks=8), back=AnchorDescriptor("b", num_blocks=6),
+    plan = StitchPlan(method="klas", front=AnchorDescriptor("a", num_blocks=8),
+                      back=AnchorDescriptor("b", num_blocks=6),
                       score=torch.zeros(8, 6), flops=torch.ones(8, 6), valid_mask=None, anchor_flops=(1.0, 2.0),
                       candidates=[Candidate(1, 2, 1.0, 0.1)])
     with pytest.raises(HfKlasError, match="plan's front anchor"):

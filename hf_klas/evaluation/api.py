@@ -264,7 +264,8 @@ def _model_dirs(opts: ParetoOptions) -> list[str]:
     if opts.models_dir:
         root = Path(opts.models_dir)
         if not root.is_dir():
-            raise HfKlasError(f"models_dir {root} is not a directory.", "Pass the output_dir of hf-klas finetune --plan.")
+            raise HfKlasError(f"models_dir {root} is not a directory.",
+                              "Pass the output_dir of hf-klas finetune --plan.")
         if _model_type(root) == StitchableConfig.model_type:  # its stitch_i*_j* folders are copies of its configs
             dirs.append(str(root))
         else:
@@ -376,7 +377,9 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
                                   "Evaluate one task per Pareto front.")
             stitchable = isinstance(model.config, StitchableConfig)
             active, measured = (model.config.active_stitch if stitchable else None), {}
-            for key in model.config.stitches if stitchable else [None]:
+            keys = model.config.stitches if stitchable else [None]
+            for key in tqdm(keys, desc=f"pareto: {Path(d).name} configurations", leave=False,
+                            disable=not opts.progress or not stitchable):
                 if key is not None:
                     model.set_stitch(key)
                 res = measure(model, pre)

@@ -53,7 +53,8 @@ __all__ = ["StitchedSupernet", "build_stitchable", "fit_stitches", "load_anchor_
 SUPERNET_CONFIG_FILE = "supernet_config.json"
 SAMPLING = ("uniform", "flops")
 STITCH_INITS = ("least_squares", "identity")
-STITCHABLE_CLASSES = {CAUSAL_LM: StitchableModelForCausalLM, IMAGE_CLASSIFICATION: StitchableModelForImageClassification}
+STITCHABLE_CLASSES = {CAUSAL_LM: StitchableModelForCausalLM,
+                      IMAGE_CLASSIFICATION: StitchableModelForImageClassification}
 
 
 # ---- building from anchors -----------------------------------------------------------------------------------------
@@ -136,7 +137,8 @@ def _plan_configs(plan, front: Anchor, back: Anchor):
 
 
 def build_stitchable(front, back=None, configs=None, *, plan=None, calibration=None,
-                     stitch_init: str = "least_squares", stitch=None, budget_flops=None, sampling: str | None = "uniform",
+                     stitch_init: str = "least_squares", stitch=None, budget_flops=None,
+                     sampling: str | None = "uniform",
                      seed: int = 0, num_buckets: int | None = None, seq_len: int | None = None, ridge: float = 1e-4,
                      max_calibration_samples: int = 64, max_length: int = 128, dtype: torch.dtype = torch.float32,
                      tie_word_embeddings: bool | None = None, revision: str | None = None, progress: bool = True):
