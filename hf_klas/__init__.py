@@ -1,7 +1,7 @@
 """hf_klas: model stitching for Hugging Face transformers, with KLAS stitch selection.
 
-``import hf_klas`` registers the stitched classes with the Auto classes, so ``AutoConfig`` /
-``AutoModelForCausalLM`` / ``AutoModelForImageClassification`` resolve stitched checkpoints.
+``import hf_klas`` registers the stitched and stitchable classes with the Auto classes, so ``AutoConfig`` /
+``AutoModelForCausalLM`` / ``AutoModelForImageClassification`` resolve stitched and stitchable checkpoints.
 """
 
 import logging
@@ -9,8 +9,14 @@ import logging
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification
 
+from .configuration_stitchable import StitchableConfig
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError
+from .modeling_stitchable import (
+    StitchableModelForCausalLM,
+    StitchableModelForImageClassification,
+    StitchablePreTrainedModel,
+)
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from .version import TRANSFORMERS_RANGE, __version__, transformers_is_tested
 
@@ -20,18 +26,27 @@ if not transformers_is_tested(transformers.__version__):
         "they do not know, but check your results (bash scripts/test.sh latest runs the suite on it).",
         __version__, TRANSFORMERS_RANGE, transformers.__version__)
 
-AutoConfig.register(StitchedConfig.model_type, StitchedConfig, exist_ok=True)
-AutoModelForCausalLM.register(StitchedConfig, StitchedModelForCausalLM, exist_ok=True)
-AutoModelForImageClassification.register(StitchedConfig, StitchedModelForImageClassification, exist_ok=True)
 # Saving copies the defining files and writes `auto_map`, so trust_remote_code works without hf_klas.
-StitchedConfig.register_for_auto_class()
-StitchedModelForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-StitchedModelForImageClassification.register_for_auto_class("AutoModelForImageClassification")
+for _config, _lm, _vision in ((StitchedConfig, StitchedModelForCausalLM, StitchedModelForImageClassification),
+                              (StitchableConfig, StitchableModelForCausalLM, StitchableModelForImageClassification)):
+    AutoConfig.register(_config.model_type, _config, exist_ok=True)
+    AutoModelForCausalLM.register(_config, _lm, exist_ok=True)
+    AutoModelForImageClassification.register(_config, _vision, exist_ok=True)
+    _config.register_for_auto_class()
+    _lm.register_for_auto_class("AutoModelForCausalLM")
+    _vision.register_for_auto_class("AutoModelForImageClassification")
 
 from .building import StitchedModel  # noqa: E402
+from .training.supernet import build_stitchable  # noqa: E402
+
+# StitchableModelFor*.from_anchors needs hf_klas's anchor loading, which does not ship with a checkpoint.
+StitchablePreTrainedModel.anchor_builder = staticmethod(build_stitchable)
 
 __all__ = [
     "HfKlasError",
+    "StitchableConfig",
+    "StitchableModelForCausalLM",
+    "StitchableModelForImageClassification",
     "StitchedConfig",
     "StitchedModel",
     "StitchedModelForCausalLM",

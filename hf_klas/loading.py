@@ -28,6 +28,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from .configuration_stitchable import StitchableConfig
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError
 from .families import CAUSAL_LM, family_of
@@ -275,7 +276,8 @@ def same_anchor(front: Anchor, back: Anchor | None) -> bool:
 
 
 def load_stitched_model(name_or_path: str):
-    """A stitched model from a directory / Hub id, with the right task class."""
+    """A stitched (or stitchable: a StitchableConfig is a StitchedConfig) model from a directory / Hub id, with the
+    right task class."""
     try:
         config = AutoConfig.from_pretrained(name_or_path)
     except Exception as err:
@@ -315,10 +317,11 @@ def preprocessor_for(model, name_or_path: str | None = None):
 
 
 def load_any(name: str):
-    """``(model, preprocessor, is_stitched)`` for a stitched model (directory / Hub id) or any anchor spec."""
+    """``(model, preprocessor, is_stitched)`` for a stitched or stitchable model (directory / Hub id) or any anchor
+    spec (a stitchable model runs its active configuration)."""
     path = Path(name)
-    if (path / "config.json").is_file() and \
-            json.loads((path / "config.json").read_text()).get("model_type") == StitchedConfig.model_type:
+    if (path / "config.json").is_file() and json.loads((path / "config.json").read_text()).get("model_type") in (
+            StitchedConfig.model_type, StitchableConfig.model_type):
         model = load_stitched_model(name)
         return model.eval(), preprocessor_for(model, name), True
     anchor = resolve_anchor(name)

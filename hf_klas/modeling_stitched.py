@@ -10,6 +10,9 @@ This module ships inside stitched checkpoints (``trust_remote_code``): relative 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
@@ -31,8 +34,16 @@ from .anatomy import (
     set_layer_index,
 )
 from .configuration_stitched import StitchedConfig
-from .families import family_of
+from .errors import StitchPointError
+from .families import IMAGE_CLASSIFICATION, family_of
+
+# transformers 5.0 copies only the *direct* relative imports of a local checkpoint's code files (trust_remote_code):
+# the model card's FLOPs formatter is imported by name so a saved directory loads without hf_klas there too.
+from .flops import format_flops  # noqa: F401
 from .model_card import CARD_MARKER, render_model_card, write_model_card
+
+#: Attribute set on a KV cache by the first stitched forward that uses it: the configuration that fills it.
+CACHE_OWNER = "_hf_klas_stitch"
 
 
 def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
@@ -43,6 +54,59 @@ def _build_part(part_config, drop: tuple[str, ...]) -> PreTrainedModel:
     for name in drop:
         setattr(part, name, None)
     return part
+
+
+def build_parts(front_config, back_config, shared: bool = False) -> tuple[PreTrainedModel, PreTrainedModel | None]:
+    """The front part (embeddings + blocks, no final norm) and the back part (blocks + final norm, no embeddings);
+    ``shared`` (self-stitching): one part with embeddings, every block and the final norm, returned as the front
+    (the back is None: both run blocks of that one module)."""
+    fam = family_of(back_config)
+    pooler = ("pooler",) if fam.task == IMAGE_CLASSIFICATION else ()
+    if shared:
+        return _build_part(front_config, drop=pooler), None
+    return _build_part(front_config, drop=(fam.norm,) + pooler), _build_part(back_config, drop=(fam.embed,))
+
+
+class Part(NamedTuple):
+    """One anchor's share of a forward: its base model (rotary embedding, mask config, the back's final norm),
+    the blocks that run and their layer types."""
+
+    model: nn.Module
+    blocks: Sequence[nn.Module]
+    layer_types: Sequence[str]
+
+
+class StitchedStack(NamedTuple):
+    """What one forward runs: the front part, the stitch, the back part. ``key`` is ``(front_blocks, back_start)``;
+    ``follows_config`` says whether the model's config (``num_hidden_layers`` / ``layer_types``, from which
+    ``generate()`` sizes caches) describes this stack -- a stack it does not describe runs without a KV cache."""
+
+    front: Part
+    stitch: nn.Module
+    back: Part
+    key: tuple[int, int]
+    follows_config: bool = True
+
+
+def claim_cache(cache, key: tuple[int, int], num_layers: int) -> None:
+    """Refuse a KV cache that another stitch configuration filled (or one sized for another stack); mark a new one.
+
+    A cache holds one key/value slot per block of the stack that filled it, numbered in stitched order: reused by
+    another configuration, its history would be read by the wrong blocks, silently."""
+    if cache is None:
+        return
+    owner, seen = getattr(cache, CACHE_OWNER, None), cache.get_seq_length()
+    layers = len(getattr(cache, "layers", None) or ())
+    if seen and owner is not None and tuple(owner) != tuple(key):
+        raise StitchPointError(
+            f"This KV cache holds {seen} tokens of stitch configuration {tuple(owner)}, but configuration "
+            f"{tuple(key)} is running; its blocks would read another stack's history.",
+            "Start a new cache after switching (generate() does unless you pass one), or switch back first.")
+    if layers and layers != num_layers:
+        raise StitchPointError(
+            f"This KV cache has {layers} layers; the running stitch configuration {tuple(key)} has {num_layers}.",
+            "Let generate() create the cache, or build it from the model's config after set_stitch().")
+    setattr(cache, CACHE_OWNER, tuple(key))
 
 
 def _checkpointing(model) -> bool:
@@ -76,20 +140,31 @@ class StitchedPreTrainedModel(PreTrainedModel):
         # their part config, and a missing value there silently turns causal attention bidirectional.
         for cfg in (front_cfg, back_cfg):
             cfg._attn_implementation = config._attn_implementation
-        fam = self.anatomy
-        self.front = _build_part(front_cfg, drop=(fam.norm,) + (("pooler",) if hasattr(front_cfg, "image_size") else ()))
-        self.back = _build_part(back_cfg, drop=(fam.embed,))
+        self._build_parts(front_cfg, back_cfg)
+        self._no_split_modules = sorted({type(b).__name__ for b in self.front_blocks} |
+                                        {type(b).__name__ for b in self.back_blocks})
+
+    def _build_parts(self, front_cfg, back_cfg) -> None:
+        """The front truncated to ``front_blocks`` blocks, the back from ``back_start``, one stitch layer."""
+        config = self.config
+        self.front, self.back = build_parts(front_cfg, back_cfg)
         self._front_blocks_path = find_block_path(self.front)
         self._back_blocks_path = find_block_path(self.back)
         self.stitch = nn.Linear(config.front_config.hidden_size, config.back_config.hidden_size,
                                 bias=config.stitch_bias)
-        self._no_split_modules = sorted({type(b).__name__ for b in self.front_blocks} |
-                                        {type(b).__name__ for b in self.back_blocks})
         # KV cache slots follow the block's position in the stitched stack, not its original index.
         for k, block in enumerate(self.back_blocks):
             set_layer_index(block, config.front_blocks + k)
         self.front_layer_types = layer_types_of(front_cfg)
         self.back_layer_types = layer_types_of(back_cfg)
+
+    def stitched_stack(self, kwargs: dict) -> StitchedStack:
+        """The stack a forward runs (``kwargs``: the forward's extra keyword arguments; a stitchable model takes
+        its ``stitch=`` from them)."""
+        cfg = self.config
+        return StitchedStack(Part(self.front, self.front_blocks, self.front_layer_types), self.stitch,
+                             Part(self.back, self.back_blocks, self.back_layer_types),
+                             (cfg.front_blocks, cfg.back_start))
 
     @property
     def front_blocks(self) -> nn.ModuleList:
@@ -188,12 +263,13 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def _run_blocks(self, part, blocks, layer_types, hidden, masks, position_ids, cache, use_cache,
-                    cache_position, all_hidden, kwargs):
-        fam = self.anatomy
-        pe = rotary_embeddings(getattr(part, fam.rotary), family_of(part.config), hidden, position_ids, layer_types)
+    def _run_blocks(self, part: Part, hidden, masks, position_ids, cache, use_cache, cache_position, all_hidden,
+                    kwargs):
+        base = part.model
+        pe = rotary_embeddings(getattr(base, self.anatomy.rotary), family_of(base.config), hidden, position_ids,
+                               part.layer_types)
         extra = {"cache_position": cache_position} if layers_want_cache_position() else {}
-        for block, layer_type in zip(blocks, layer_types):
+        for block, layer_type in zip(part.blocks, part.layer_types):
             # under the name this layer class declares: a name it does not know would vanish in its **kwargs
             extra[layer_cache_argument(block)] = cache
             out = block(
@@ -216,8 +292,7 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         return build_masks(part.config, layer_types, embeds, attention_mask, cache, position_ids, cache_position)
 
     def _logits_and_loss(self, hidden, labels=None, num_items_in_batch=None):
-        """Head on final-normed hidden states, the family's final logit soft-cap (Gemma) and the shifted LM loss;
-        the SN-Net supernet calls this too, so a supernet configuration and its extracted model agree."""
+        """Head on final-normed hidden states, the family's final logit soft-cap (Gemma) and the shifted LM loss."""
         logits = self.lm_head(hidden)
         cap = final_logit_softcap(self.config.back_config)
         if cap:
@@ -256,11 +331,20 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
             use_cache = False
         output_hidden_states = bool(output_hidden_states)
 
+        stack = self.stitched_stack(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         cache = one_cache(cache, past_key_values)
+        if not stack.follows_config:  # another configuration for this call: the cache layout is the config's
+            if cache is not None:
+                raise StitchPointError(
+                    f"A KV cache was passed to a forward of stitch configuration {stack.key}, which is not the "
+                    "active one the cache is laid out for.",
+                    "Switch to it first (set_stitch / use_stitch), or run this call without a cache.")
+            use_cache = False
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
+        claim_cache(cache, stack.key, self.config.num_hidden_layers)
         past_seen = cache.get_seq_length() if cache is not None else 0
         if cache_position is None:
             cache_position = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
@@ -269,18 +353,17 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
 
         # Both parts' masks are built before any block runs: a block writes the cache, and masks built
         # after that would count the new tokens twice.
-        parts = ((self.front, self.front_blocks, self.front_layer_types),
-                 (self.back, self.back_blocks, self.back_layer_types))
-        masks = [self._masks(part, types, inputs_embeds, attention_mask, cache, position_ids, cache_position)
-                 for part, _, types in parts]
+        parts = (stack.front, stack.back)
+        masks = [self._masks(part.model, part.layer_types, inputs_embeds, attention_mask, cache, position_ids,
+                             cache_position) for part in parts]
         all_hidden = [inputs_embeds] if output_hidden_states else None
         hidden = inputs_embeds
-        for (part, blocks, types), part_masks in zip(parts, masks):
-            if part is self.back:
-                hidden = self.stitch(hidden)
-            hidden = self._run_blocks(part, blocks, types, hidden, part_masks, position_ids, cache, use_cache,
-                                      cache_position, all_hidden, kwargs)
-        hidden = getattr(self.back, self.anatomy.norm)(hidden)
+        for k, (part, part_masks) in enumerate(zip(parts, masks)):
+            if k:  # between the parts (in a self-stitch both are one module: its position tells, not its identity)
+                hidden = stack.stitch(hidden)
+            hidden = self._run_blocks(part, hidden, part_masks, position_ids, cache, use_cache, cache_position,
+                                      all_hidden, kwargs)
+        hidden = getattr(stack.back.model, self.anatomy.norm)(hidden)
         if all_hidden is not None:
             all_hidden[-1] = hidden  # transformers convention: the last entry is after the final norm
 
@@ -326,19 +409,20 @@ class StitchedModelForImageClassification(StitchedPreTrainedModel):
         kwargs.pop("num_items_in_batch", None)
         kwargs.pop("output_attentions", None)
         self._sync_attn_implementation()
-        embeddings = getattr(self.front, self.anatomy.embed)
+        stack = self.stitched_stack(kwargs)
+        embeddings = getattr(stack.front.model, self.anatomy.embed)
         dtype = embeddings.patch_embeddings.projection.weight.dtype
         hidden = embeddings(pixel_values.to(dtype), interpolate_pos_encoding=bool(interpolate_pos_encoding))
         all_hidden = [hidden] if output_hidden_states else None
-        for is_back, part_blocks in ((False, self.front_blocks), (True, self.back_blocks)):
-            if is_back:
-                hidden = self.stitch(hidden)
-            for block in part_blocks:
+        for k, part in enumerate((stack.front, stack.back)):
+            if k:
+                hidden = stack.stitch(hidden)
+            for block in part.blocks:
                 out = block(hidden)
                 hidden = out[0] if isinstance(out, tuple) else out
                 if all_hidden is not None:
                     all_hidden.append(hidden)
-        hidden = getattr(self.back, self.anatomy.norm)(hidden)
+        hidden = getattr(stack.back.model, self.anatomy.norm)(hidden)
         if all_hidden is not None:
             all_hidden[-1] = hidden
         logits = self.classifier(hidden[:, 0, :])

@@ -8,7 +8,8 @@ import re
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hf_klas"
-HUB_FILES = ("modeling_stitched.py", "configuration_stitched.py")
+HUB_FILES = ("modeling_stitched.py", "configuration_stitched.py", "modeling_stitchable.py",
+             "configuration_stitchable.py")
 
 
 def module_name(path: Path) -> str:

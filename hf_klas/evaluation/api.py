@@ -4,9 +4,10 @@
   Hub id): perplexity (text), ROUGE (generation from a prompt column, scored against a target column) or top-1
   accuracy (images), with the model's forward FLOPs and parameters.
 * :class:`ParetoOptions` / :func:`run_pareto` -- every candidate of a plan directory (built from the anchors with
-  the least-squares stitch, i.e. before finetuning) and/or a list of stitched model directories (e.g. the
-  ``stitch_i<i>_j<j>`` folders ``hf-klas finetune --plan`` writes), plus both anchors; writes ``pareto.json``
-  (points, front, AUC and its definition), ``pareto.png`` (anchors as stars, one front per series).
+  the least-squares stitch, i.e. before finetuning) and/or stitched model directories (e.g. the ``stitch_i<i>_j<j>``
+  folders ``hf-klas finetune --plan`` writes) and stitchable models (the ``output_dir`` it writes: every
+  configuration is evaluated by switching, no copy), plus both anchors; writes ``pareto.json`` (points, front, AUC
+  and its definition), ``pareto.png`` (anchors as stars, one front per series).
 
 FLOPs are :mod:`hf_klas.flops` numbers (one sequence of ``seq_len`` tokens, or one image), the same the selector
 and the plan use. ``metric="auto"``: accuracy for image classifiers; for causal LMs ROUGE when the data has the
@@ -23,11 +24,14 @@ from pathlib import Path
 
 from ..building import StitchedModel
 from ..calibration import calibration_from_path
+from ..configuration_stitchable import StitchableConfig
+from ..configuration_stitched import StitchedConfig
 from ..data import get_dataset
 from ..errors import DataError, HfKlasError
 from ..families import CAUSAL_LM, family_of, task_of
 from ..flops import anchor_flops, stitch_flops
 from ..loading import load_any, resolve_anchor, same_anchor
+from ..model_card import write_model_card
 from ..selection.plan import StitchPlan
 from ..training.data import prepare_image_dataset
 from . import (
@@ -96,9 +100,14 @@ class ParetoOptions(_EvalData):
         "help": "Plan directory (hf-klas select): each candidate is built from the anchors (stitch_init) and "
                 "evaluated."})
     models: list[str] = field(default_factory=list, metadata={
-        "help": "Stitched model directories to evaluate (e.g. finetuned stitch_i*_j* folders)."})
+        "help": "Stitched model directories to evaluate (e.g. finetuned stitch_i*_j* folders); a stitchable model "
+                "counts every configuration."})
     models_dir: str | None = field(default=None, metadata={
-        "help": "A directory whose sub-directories are stitched models (hf-klas finetune --plan output)."})
+        "help": "hf-klas finetune --plan output: a stitchable model (every configuration, by switching), or a "
+                "directory whose sub-directories are stitched or stitchable models."})
+    record_metrics: bool = field(default=False, metadata={
+        "help": "Write each stitchable configuration's measured metric into that model's config.json and model card "
+                "(set_budget then picks by it)."})
     front: str | None = field(default=None, metadata={
         "help": "Front anchor (default: the plan's / the stitched models' recorded front anchor)."})
     back: str | None = field(default=None, metadata={"help": "Back anchor (default: recorded, as front)."})
@@ -203,6 +212,8 @@ def _cost(model, seq_len: int) -> tuple[float, float]:
                              seq_len=seq_len if lm else None).total
     else:
         flops = anchor_flops(cfg, seq_len=seq_len if lm else None).total
+    if isinstance(cfg, StitchableConfig):  # the active configuration's own size, not every stitch's
+        return float(flops), float(cfg.stitch_info["params"])
     return float(flops), float(sum(p.numel() for p in model.parameters()))
 
 
@@ -243,15 +254,23 @@ def _options(cls, opts, kwargs):
     return opts
 
 
+def _model_type(directory: Path) -> str | None:
+    config = directory / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+
+
 def _model_dirs(opts: ParetoOptions) -> list[str]:
     dirs = list(opts.models)
     if opts.models_dir:
         root = Path(opts.models_dir)
         if not root.is_dir():
-            raise HfKlasError(f"models_dir {root} is not a directory.", "Pass the output_dir of hf-klas finetune --plan.")
-        for sub in sorted(p for p in root.iterdir() if (p / "config.json").is_file()):
-            if json.loads((sub / "config.json").read_text()).get("model_type") == "hf_klas_stitched":
-                dirs.append(str(sub))
+            raise HfKlasError(f"models_dir {root} is not a directory.",
+                              "Pass the output_dir of hf-klas finetune --plan.")
+        if _model_type(root) == StitchableConfig.model_type:  # its stitch_i*_j* folders are copies of its configs
+            dirs.append(str(root))
+        else:
+            dirs += [str(p) for p in sorted(root.iterdir()) if p.is_dir()
+                     and _model_type(p) in (StitchedConfig.model_type, StitchableConfig.model_type)]
     for d in dirs:
         if not (Path(d) / "config.json").is_file():
             raise HfKlasError(f"{d} is not a saved model directory (no config.json).",
@@ -356,13 +375,28 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
             if task is not None and task_of(model) != task:
                 raise HfKlasError(f"{d} is a {task_of(model)} model, the anchors {task} models.",
                                   "Evaluate one task per Pareto front.")
-            res = measure(model, pre)
-            flops, params = _cost(model, seq_len)
-            cfg = model.config
-            series[name].append(ParetoPoint(name=f"{Path(d).name}", flops=flops, params=params, metric=res["value"],
-                                            kind="stitch", selector=name,
-                                            config={"front_blocks": cfg.front_blocks, "back_start": cfg.back_start},
-                                            scores=_scores(res)))
+            stitchable = isinstance(model.config, StitchableConfig)
+            active, measured = (model.config.active_stitch if stitchable else None), {}
+            keys = model.config.stitches if stitchable else [None]
+            for key in tqdm(keys, desc=f"pareto: {Path(d).name} configurations", leave=False,
+                            disable=not opts.progress or not stitchable):
+                if key is not None:
+                    model.set_stitch(key)
+                res = measure(model, pre)
+                flops, params = _cost(model, seq_len)
+                cfg = model.config
+                label = Path(d).name if key is None else f"{Path(d).name}:stitch_i{key[0]}_j{key[1]}"
+                series[name].append(ParetoPoint(name=label, flops=flops, params=params, metric=res["value"],
+                                                kind="stitch", selector=name,
+                                                config={"front_blocks": cfg.front_blocks, "back_start": cfg.back_start},
+                                                scores=_scores(res)))
+                measured[key] = res["value"]
+            if stitchable:
+                model.set_stitch(active)
+                if opts.record_metrics:
+                    model.record_metric(metric_name, measured, higher_is_better=higher)
+                    model.config.save_pretrained(d)
+                    write_model_card(d, model.config)
     for pts in series.values():
         points += pts
 

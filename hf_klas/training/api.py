@@ -6,9 +6,11 @@ Three ways to name what to train:
 * ``model``: a stitched model directory or Hub id (``save_pretrained`` output);
 * ``front`` + ``back`` + ``front_blocks`` + ``back_start``: build the stitch from two anchors first (least-squares
   stitch init on the offline default calibration data);
-* ``plan`` (a ``hf-klas select`` output directory, anchors recorded in it): train an SN-Net supernet over the
-  plan's candidate set (KLAS step 5), then write every candidate as its own stitched model under
-  ``<output_dir>/stitch_i<i>_j<j>``.
+* ``plan`` (a ``hf-klas select`` output directory, anchors recorded in it): build a stitchable model over the plan's
+  candidate set and train it as an SN-Net supernet (KLAS step 5; each step one sampled configuration), written to
+  ``output_dir`` as one transformers model that switches configuration at run time -- and, unless
+  ``extract_configs=False``, every candidate also as its own stitched model under ``<output_dir>/stitch_i<i>_j<j>``.
+  A saved stitchable model given as ``model`` continues its supernet training (its sampler resumes where it stopped).
 
 Datasets: anything :func:`hf_klas.data.get_dataset` takes. Everything is validated (options, columns, labels)
 before anything is written. With ``push_to_hub`` the final (merged) model is pushed by the stitched model's own
@@ -30,11 +32,12 @@ from ..data import get_dataset
 from ..errors import HfKlasError
 from ..families import CAUSAL_LM, task_of
 from ..loading import load_stitched_model, preprocessor_for, resolve_anchor
+from ..modeling_stitchable import StitchablePreTrainedModel
 from ..selection.plan import StitchPlan
 from .data import prepare_causal_lm_dataset, prepare_image_dataset
 from .finetune import build_trainer
 from .lora import merge_lora
-from .supernet import StitchedSupernet
+from .supernet import build_stitchable
 from .trainer import MODES
 from .unwrap import unwrap_model
 
@@ -54,7 +57,8 @@ class FinetuneOptions:
     """
 
     model: str | None = field(default=None, metadata={
-        "help": "Stitched model to finetune: a directory written by save_pretrained, or a Hub id."})
+        "help": "Stitched or stitchable model to finetune: a directory written by save_pretrained, or a Hub id (a "
+                "stitchable model continues its supernet training)."})
     front: str | None = field(default=None, metadata={
         "help": "Front anchor (alias, Hub id, directory, .gguf) to build the stitch from, when no model is given."})
     back: str | None = field(default=None, metadata={"help": "Back anchor (default: the front anchor itself)."})
@@ -62,8 +66,10 @@ class FinetuneOptions:
     back_start: int | None = field(default=None, metadata={"help": "First back block j of the stitch to build."})
     plan: str | None = field(default=None, metadata={
         "help": "A plan directory (hf-klas select): train an SN-Net supernet over its candidates (anchors: the "
-                "plan's, unless front/back are given), then save every candidate under "
-                "<output_dir>/stitch_i<i>_j<j>."})
+                "plan's, unless front/back are given), saved to output_dir as one stitchable model."})
+    extract_configs: bool = field(default=True, metadata={
+        "help": "With plan: also save every candidate as its own stitched model under <output_dir>/stitch_i<i>_j<j> "
+                "(the stitchable model in output_dir holds them all)."})
     stitch_init: str = field(default="least_squares", metadata={
         "help": "Stitch initialisation when building from anchors (also a plan's supernet): least_squares or "
                 "identity."})
@@ -174,7 +180,7 @@ def _targets(value: str | None):
 
 def _prepare_data(opts, model, preprocessor, split, limit):
     task = task_of(model)
-    cfg = model.core.config if isinstance(model, StitchedSupernet) else model.config
+    cfg = model.config
     name = opts.dataset or ("debian_descriptions" if task == CAUSAL_LM else "fashion_mnist")
     ds = get_dataset(name, split, opts.dataset_config, limit=limit)
     if task == CAUSAL_LM:
@@ -188,7 +194,7 @@ def _prepare_data(opts, model, preprocessor, split, limit):
 
 
 def _load_teacher(opts, model):
-    cfg = model.core.config if isinstance(model, StitchedSupernet) else model.config
+    cfg = model.config
     spec = opts.teacher or ((cfg.anchors or {}).get("back") or {}).get("name_or_path")
     if not spec:
         raise HfKlasError("Distillation needs a teacher, and the stitched config records no back anchor.",
@@ -237,27 +243,25 @@ def run_finetune(opts: FinetuneOptions | None = None, training_args: TrainingArg
         training_args = replace(training_args, **trainer_kw)
     t0 = time.perf_counter()
     push, hub_model_id = training_args.push_to_hub, training_args.hub_model_id
-    if push and opts.plan:
-        raise HfKlasError("push_to_hub with a plan would push many models.",
-                          "Push the extracted stitch you want with StitchedModelFor*.from_pretrained(dir).push_to_hub.")
     if push:  # the stitched model pushes itself at the end (our model card, one commit), not the Trainer
         training_args = replace(training_args, push_to_hub=False)
     output_dir = training_args.output_dir
     set_seed(training_args.seed)
     calibration = calibration_from_path(opts.calibration)
     # ---- model ----------------------------------------------------------------------------------------------
-    supernet = None
     if opts.plan:
         front, back = plan_anchors(opts.plan, opts.front, opts.back)
-        supernet = StitchedSupernet.from_anchors(
-            front, back, plan=opts.plan,
-            calibration=(calibration or "default") if opts.stitch_init == "least_squares" else None,
-            sampling=opts.sampling, seed=training_args.seed, progress=opts.progress)
-        model = supernet
-        preprocessor = getattr(supernet.core, "_hf_klas_preprocessor", None)
+        model = build_stitchable(front, back, plan=opts.plan, calibration=calibration, stitch_init=opts.stitch_init,
+                                 sampling=opts.sampling, seed=training_args.seed, progress=opts.progress)
+        preprocessor = preprocessor_for(model)
     elif opts.model:
         model = load_stitched_model(opts.model)
         preprocessor = preprocessor_for(model, opts.model)
+        if isinstance(model, StitchablePreTrainedModel) and opts.mode == "lora":
+            raise HfKlasError(f"{opts.model} is a stitchable model; hf-klas finetune trains it as a supernet "
+                              "(mode='full' or 'stitch'), not with LoRA.",
+                              "Use mode='full' or 'stitch', or LoRA-finetune one configuration: "
+                              "model.extract(i, j).save_pretrained(dir), then hf-klas finetune --model dir.")
     else:
         model = StitchedModel.from_anchors(opts.front, opts.back, opts.front_blocks, opts.back_start,
                                            calibration=calibration, stitch_init=opts.stitch_init,
@@ -291,33 +295,37 @@ def run_finetune(opts: FinetuneOptions | None = None, training_args: TrainingArg
                "train_loss": float(result.training_loss), "metrics": metrics, "trainable_parameters": trainable,
                "total_parameters": total}
     main = trainer.args.should_save
-    if supernet is not None:
-        if main:
-            supernet.save_pretrained(Path(output_dir) / "supernet")
-        models = []
-        for i, j in supernet.configs:
-            sub = supernet.extract(i, j)
-            sub.config.recipe["finetune"] = recipe
-            target = Path(output_dir) / f"stitch_i{i}_j{j}"
-            if main:
-                sub.save_pretrained(str(target))
-            models.append(str(target))
-        summary.update({"supernet_dir": str(Path(output_dir) / "supernet"), "models": models,
-                        "configs": [list(c) for c in supernet.configs]})
-    else:
-        saved = save_finetuned(trainer.model, output_dir, recipe=recipe, merge=opts.merge_lora,
-                               preprocessor=preprocessor, is_main_process=main)
-        summary.update({"model_dir": saved["model_dir"], "adapter_dir": saved["adapter_dir"]})
-        if push and main:
-            repo = hub_model_id or Path(output_dir).name
-            saved["model"].push_to_hub(repo)
-            summary["pushed_to"] = repo
+    stitchable = isinstance(model, StitchablePreTrainedModel)
+    if stitchable and model.config.sampling is not None:
+        model.config.recipe["training"] = "supernet"
+    saved = save_finetuned(trainer.model, output_dir, recipe=recipe, merge=opts.merge_lora,
+                           preprocessor=preprocessor, is_main_process=main)
+    summary.update({"model_dir": saved["model_dir"], "adapter_dir": saved["adapter_dir"]})
+    if stitchable:
+        summary.update({"supernet_dir": saved["model_dir"], "configs": [list(c) for c in model.config.stitches],
+                        "models": _save_extracted(model, output_dir, main) if opts.plan and opts.extract_configs
+                        else []})
+    if push and main:
+        repo = hub_model_id or Path(output_dir).name
+        saved["model"].push_to_hub(repo)
+        summary["pushed_to"] = repo
     summary["seconds"] = time.perf_counter() - t0
     summary["options"] = asdict(opts)
     summary["training_args"] = {k: v for k, v in training_args.to_dict().items()
                                 if k in ("output_dir", "learning_rate", "max_steps", "num_train_epochs",
                                          "per_device_train_batch_size", "seed")}
     return summary
+
+
+def _save_extracted(model, output_dir, is_main_process: bool) -> list[str]:
+    """Every configuration of a stitchable model as its own stitched model, ``<output_dir>/stitch_i<i>_j<j>``."""
+    paths = []
+    for i, j in model.config.stitches:
+        target = Path(output_dir) / f"stitch_i{i}_j{j}"
+        if is_main_process:
+            model.extract(i, j).save_pretrained(str(target))
+        paths.append(str(target))
+    return paths
 
 
 def cli_options(run_name: str, argv: list[str]) -> list[type]:
