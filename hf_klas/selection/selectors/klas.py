@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 
 from ...errors import HfKlasError
 from ...probes import build_probe, probe_class
+from ..distributed import broadcast_parameters
 from ..engine import DEFAULT_MAX_CHUNK_BYTES, KLEngine
 from ..scoring import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, denominator_floor, gamma_matrix
 from .base import ScoreResult, SelectionContext, Selector, SelectorConfig
@@ -44,9 +45,11 @@ def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, fro
     if "seed" in {f.name for f in fields(cls.config_class)}:
         opts.setdefault("seed", seed)
     fp = front_probe or build_probe(probe, ctx.front_model, ctx.batches, progress=ctx.progress, **opts)
-    if ctx.same:
-        return fp, None
-    bp = back_probe or build_probe(probe, ctx.back_model, ctx.batches, progress=ctx.progress, **opts)
+    bp = None if ctx.same else back_probe or build_probe(probe, ctx.back_model, ctx.batches, progress=ctx.progress,
+                                                         **opts)
+    for p in (fp, bp):  # data-parallel: every rank fitted the same probe on all batches; make them bitwise equal
+        if p is not None and p.trainable:
+            broadcast_parameters(p)
     return fp, bp
 
 
@@ -94,6 +97,7 @@ class KlasSelector(Selector):
             "denominator_floor": denominator_floor(r.within_back, cfg.eps_abs, cfg.eps_rel),
             "tokens": int(r.tokens),
             "kernel": r.kernel,
+            "memory": r.memory,
         }
         for name, p in (("front_probe_fit", fp), ("back_probe_fit", bp)):
             stats = getattr(p, "fit_stats", None) if p is not None else None
