@@ -174,71 +174,80 @@ def padded_rows(points: int, ones_row: bool) -> int:
 
 
 class _TileSide:
-    """One anchor's state in :meth:`KLEngine._fused_chunk` for one chunk: buffers (reused across chunks), the
-    per-(point, token) shift ``c`` of the exponentials, and the tile operations."""
+    """One anchor's state in :meth:`KLEngine._fused_chunk` for one chunk: the shift ``c`` of the exponentials and
+    the tile operations, on buffers (and views of them) that live across chunks."""
 
     def __init__(self, probe: Probe, state, cs: int, P: int, rows: int, ones_row: bool, bufs: dict, device):
         self.probe, self.state, self.cs, self.P, self.rows = probe, state, cs, P, rows
         ops = probe.tile_operands(state)  # (x, weight, bias, softcap) for plain heads, else None
         self.device = device
-        if ops is not None:
+        self.ops = ops is not None
+        if self.ops:
             x, self.weight, bias, cap = ops
             self.x = x.to(device).mul(LOG2E)  # base 2: the GEMM yields z' = z · log2 e (a [P*cs, d] op per chunk)
             self.bias = None if bias is None else bias.to(device, torch.float32).mul(LOG2E)
             self.cap = cap * LOG2E if cap else None
-        self.ops = ops is not None
+            # bf16/fp16 heads (or a head on another device): each tile is copied to float32 here first
+            self.copy_tile = self.weight.dtype != torch.float32 or self.weight.device != device
         self.bufs, self.ones_row = bufs, ones_row
-        self.views: dict = {}
         self.c: torch.Tensor | None = None  # [P, cs] shift (log2 units), set on the first tile
+        self.cu: torch.Tensor | None = None  # c as [P, cs, 1]
 
-    def _views(self, w: int):
-        """``(z2 [P*cs, w], z_rows [rows, cs, w], z [P, cs, w], e [P, cs, w])`` for tile width ``w``; the padding
-        rows (points ``P..rows-1``) are constant: zeros, and ones in row ``P`` for the side that gives the sums."""
-        if w not in self.views:
+    def views(self, w: int) -> dict:
+        """Views of the side's buffers for tile width ``w``: ``z2 [P*cs, w]`` (GEMM output), ``z [P, cs, w]``,
+        ``e [P, cs, w]``, and the per-token product operands ``et [cs, P, w]``, ``zt [cs, w, rows]``. The padding
+        rows (points ``P..rows-1``) hold zeros, and ones in row ``P`` on the side that gives the sums; they are
+        written again when the buffers were last used with another layout."""
+        key = (self.cs, w)
+        cache = self.bufs.setdefault("views", {})
+        v = cache.get(key)
+        if v is None:
             cs, P = self.cs, self.P
-            zbuf, ebuf = self.bufs["z"], self.bufs["e"]
-            zr = zbuf[: self.rows * cs * w].view(self.rows, cs, w)
-            zr[P:].zero_()
+            zr = self.bufs["z"][: self.rows * cs * w].view(self.rows, cs, w)
+            e = self.bufs["e"][: P * cs * w].view(P, cs, w)
+            v = cache[key] = {"z2": zr[:P].view(P * cs, w), "zr": zr, "z": zr[:P], "e": e,
+                              "et": e.transpose(0, 1), "zt": zr.transpose(0, 1).transpose(1, 2)}
+        if self.bufs.get("layout") != key:
+            v["zr"][self.P:].zero_()
             if self.ones_row:
-                zr[P].fill_(1.0)
-            z = zr[:P]
-            self.views[w] = (z.view(P * cs, w), zr, z, ebuf[: P * cs * w].view(P, cs, w))
-        return self.views[w]
+                v["zr"][self.P].fill_(1.0)
+            self.bufs["layout"] = key
+        return v
 
-    def logits(self, v0: int, v1: int):
+    def logits(self, v0: int, v1: int) -> dict:
         """Tile logits (log2 units) into the side's buffer; returns the views of width ``v1 - v0``."""
-        views = self._views(v1 - v0)
-        z2, _, z, _ = views
+        v = self.views(v1 - v0)
         if self.ops:
             w = self.weight[v0:v1]
-            if w.dtype != torch.float32 or w.device != self.device:  # bf16/fp16 or elsewhere: float32 copy here
+            if self.copy_tile:
                 wb = self.bufs["w"][: w.numel()].view(w.shape)
                 wb.copy_(w)
                 w = wb
-            torch.mm(self.x, w.t(), out=z2)
+            torch.mm(self.x, w.t(), out=v["z2"])
             if self.bias is not None:
-                z2.add_(self.bias[v0:v1])
+                v["z2"].add_(self.bias[v0:v1])
             if self.cap:
-                z2.div_(self.cap).tanh_().mul_(self.cap)
+                v["z2"].div_(self.cap).tanh_().mul_(self.cap)
         else:
-            self.probe.logits_tile(self.state, v0, v1, z)
-            z.mul_(LOG2E)
+            self.probe.logits_tile(self.state, v0, v1, v["z"])
+            v["z"].mul_(LOG2E)
         if self.c is None:  # the first tile's max: every later exponent is relative to it (see _fused_chunk)
-            self.c = torch.amax(z, -1)
-        return views
+            self.set_shift(torch.amax(v["z"], -1))
+        return v
 
-    def exp(self, views) -> None:
+    def set_shift(self, c: torch.Tensor) -> None:
+        self.c, self.cu = c, c.unsqueeze(-1)
+
+    def exp(self, v: dict) -> None:
         """``e = 2^max(z' - c, floor)`` in place in the side's exp buffer."""
-        _, _, z, e = views
-        torch.sub(z, self.c.unsqueeze(-1), out=e).clamp_min_(EXP2_FLOOR).exp2_()
+        torch.sub(v["z"], self.cu, out=v["e"]).clamp_min_(EXP2_FLOOR).exp2_()
 
-    def raise_shift(self, views) -> torch.Tensor:
+    def raise_shift(self, v: dict) -> torch.Tensor:
         """Move ``c`` up to the tile's max where the tile exceeds it; returns the factor ``2^(c_old - c_new)``
         ``[P, cs]`` that rescales everything accumulated with the old shift (rare: see ``RESCALE_LIMIT``)."""
-        _, _, z, _ = views
-        new = torch.maximum(self.c, torch.amax(z, -1))
+        new = torch.maximum(self.c, torch.amax(v["z"], -1))
         factor = torch.exp2(self.c - new)
-        self.c = new
+        self.set_shift(new)
         return factor
 
 
@@ -320,6 +329,20 @@ class KLEngine:
         if chunk_tokens is not None:
             self.chunk_tokens = max(1, min(int(chunk_tokens), self.chunk_tokens))
 
+    def kernel_flops(self, tokens: int) -> dict[str, int]:
+        """Matmul FLOPs of the fused kernel for ``tokens`` samples (2 per multiply-add, as :mod:`hf_klas.flops`
+        counts): ``unembedding`` = Σ over sides of points x hidden x classes, ``products`` = Σ over blocks (a, b)
+        of points_a x padded rows_b x classes. The anchors' forward passes come on top (``hf_klas.flops``)."""
+        sides = [(len(self.front_points), self.front.hidden_size)]
+        if not self.same:
+            sides.append((len(self.back_points), self.back.hidden_size))
+        last = len(sides) - 1
+        rows = [padded_rows(p, k == last) for k, (p, _) in enumerate(sides)]
+        blocks = [(0, 0)] if len(sides) == 1 else [(0, 0), (0, 1), (1, 1)]
+        V = self.classes
+        return {"unembedding": tokens * sum(2 * p * d * V for p, d in sides),
+                "products": tokens * sum(2 * sides[a][0] * rows[b] * V for a, b in blocks)}
+
     # ---- index maps into the stacked [P, P] result ---------------------------------------------------
     def _row(self, i: int) -> int:  # front point i (1..m)
         return i if self.same else i - 1
@@ -389,6 +412,7 @@ class KLEngine:
         weight tile), allocated once and grown when a chunk needs more."""
         have = self._bufs.get(k)
         if have is None or have["z"].numel() < numel or have["w"].numel() < wnumel or have["z"].device != device:
+            # new buffers: views of the old ones (and their layout) go with them
             have = {"z": torch.empty(numel, device=device), "e": torch.empty(numel, device=device),
                     "w": torch.empty(wnumel, device=device)}
             self._bufs[k] = have
@@ -421,15 +445,17 @@ class KLEngine:
         blocks = [(0, 0)] if len(sd) == 1 else [(0, 0), (0, 1), (1, 1)]
         U = {(a, b): torch.zeros(cs, sd[a].P, sd[b].rows, device=dev) for a, b in blocks}
         T = {key: torch.empty_like(u) for key, u in U.items()}
-        chunk_bytes = sum(4 * t.numel() for b in self._bufs.values() for t in b.values())
+        chunk_bytes = sum(4 * b[name].numel() for b in self._bufs.values() for name in ("z", "e", "w"))
         chunk_bytes += sum(8 * u.numel() for u in U.values()) + sum(4 * side.x.numel() for side in sd if side.ops)
         self._peak["chunk"] = max(self._peak["chunk"], chunk_bytes)
         col = sd[last].P  # the ones row of the last side: its column holds Σ_v e_a
+        sums = [T[(a, last)][:, :, col] for a in range(len(sd))]  # this tile's Σ_v e_a, [cs, P_a]
+        mine = [[(T[(x, b)], b) for x, b in blocks if x == a] for a in range(len(sd))]
+        pairs = [(U[key], T[key]) for key in blocks]
 
         def products(a, views):
-            for x, b in blocks:
-                if x == a:
-                    torch.bmm(views[a][3].transpose(0, 1), views[b][1].transpose(0, 1).transpose(1, 2), out=T[(a, b)])
+            for t, b in mine[a]:
+                torch.bmm(views[a]["et"], views[b]["zt"], out=t)
 
         for v0 in range(0, V, wt):
             v1 = min(V, v0 + wt)
@@ -438,15 +464,15 @@ class KLEngine:
                 side.exp(views[a])
                 products(a, views)
             for a, side in enumerate(sd):
-                if not float(T[(a, last)][:, :, col].max()) <= RESCALE_LIMIT:  # rare; NaN goes on to _diagnose
+                if not float(sums[a].max()) <= RESCALE_LIMIT:  # rare; NaN goes on to _diagnose
                     factor = side.raise_shift(views[a]).t().unsqueeze(-1)
                     for x, b in blocks:
                         if x == a:
                             U[(a, b)].mul_(factor)
                     side.exp(views[a])
                     products(a, views)
-            for key in blocks:
-                U[key].add_(T[key])
+            for u, t in pairs:
+                u.add_(t)
         tots = [U[(a, last)][:, :, col] for a in range(len(sd))]
         pz = {(a, b): U[(a, b)][:, :, :sd[b].P] / tots[a].unsqueeze(-1) for a, b in blocks}
         lse = [side.c.t() + torch.log2(tot) for side, tot in zip(sd, tots)]
