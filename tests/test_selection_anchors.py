@@ -131,3 +131,26 @@ def test_memory_report_is_in_the_plan_and_flat_in_the_data():
     four = get_selector("klas").select(front, back, lm_batches(4), progress=False).extra["memory"]
     assert one == four and one["selection_bytes"] == one["features_bytes"] + one["kernel_bytes"] > 0
     assert set(one["anchors"]) == {"front", "back"} and set(one["anchors"]["front"]) == {"cpu"}
+
+
+@torch.no_grad()
+def test_logits_all_far_below_zero_are_redone_with_shifts(monkeypatch):
+    from tiny import vision_pair
+
+    small, big = vision_pair("vit")
+    g = torch.Generator().manual_seed(0)
+    batches = [{"pixel_values": torch.randn(6, 1, 8, 8, generator=g)} for _ in range(2)]
+    plain = KLEngine(LogitLens(small), LogitLens(big), progress=False).run(batches)
+    for model in (small, big):
+        model.classifier.bias -= 100.0  # a softmax does not see it; unshifted exponentials would all underflow
+    redone = []
+    original = KLEngine._fused_chunk
+    monkeypatch.setattr(KLEngine, "_fused_chunk",
+                        lambda self, *a, **kw: redone.append(kw.get("shift_first", False)) or original(self, *a, **kw))
+    shifted = KLEngine(LogitLens(small), LogitLens(big), progress=False).run(batches)
+    assert True in redone
+    # float32 logits near -100 (-144 in log2 units) keep ~1e-5 of their differences: that, not the kernel, bounds it
+    ref = KLEngine(LogitLens(small), LogitLens(big), progress=False, kernel="reference").run(batches)
+    assert float((shifted.theta - ref.theta).abs().max()) <= 3e-5
+    assert float((shifted.theta - plain.theta).abs().max()) <= 3e-5
+    assert float((shifted.within_back - plain.within_back).abs().max()) <= 3e-5

@@ -8,27 +8,39 @@ What happens per calibration batch:
 2. the samples are selected: every non-padding token position for causal LMs, one pooled token per image for
    ViTs (the probe's ``features``);
 3. the tokens are processed in chunks (default 16) and the vocabulary in tiles (default ~1 MB of float32
-   ``[chunk, points, tile]``), so the working set is a few MB that stays in cache, and memory does not grow
+   ``[points, chunk, tile]``), so the working set is a few MB that stays in cache, and memory does not grow
    with the data (the reference/top-k kernels materialise ``[points, chunk, vocab]`` log-probs instead,
    bounded by ``max_chunk_bytes``);
 4. for each chunk, every point's distribution is formed in float32 from the probe's logits (for the logit
    lens: final norm, then the unembedding as one batched matmul per vocabulary tile), and the KL sums of all
    point pairs are accumulated in float64.
 
-The fused kernel (default) is an online softmax over vocabulary tiles (as in FlashAttention). Since
-``Σ_v p_a = 1``, ``Σ_v p_a log p_b = Σ_v p_a z_b - lse_b`` with logits ``z`` and ``lse = logsumexp(z)``. Per tile
-it keeps, per token and point ``a``, the running max ``m_a`` and ``s_a = Σ exp(z_a - m_a)``, and for all point
-pairs ``U_ab += exp(z_a - m_a) @ z_bᵀ`` (one small batched matmul per tile, rescaled when ``m_a`` grows). At the
-end ``Σ_v p_a z_b = U_ab / s_a`` and ``lse_a = m_a + log s_a``; so ``KL(a ‖ b) = C[a, a] - C[a, b]`` per token with
-``C = Σ p z - lse``. One pass yields Θ (front rows x back resume points), the back anchor's within-anchor KLs
-(Γ's denominator: consecutive back points), the final-output KL between the anchors and the cross-entropies
-(CE baseline). The logits never leave the cache and no ``[tokens, points, vocab]`` tensor exists. ``exp``
-arguments are clamped at ``EXP_FLOOR = -80`` (torch's CPU ``exp`` is ~60x slower on underflowing inputs;
-``p < 2e-35`` changes no KL digit in float32). It is the decomposition of
+The fused kernel (default) is an online softmax over vocabulary tiles (as in FlashAttention), in base 2. Since
+``Σ_v p_a = 1``, ``Σ_v p_a log p_b = Σ_v p_a z_b - lse_b`` with logits ``z`` and ``lse = logsumexp(z)``. The features
+carry the factor ``log2 e``, so each tile's GEMM yields ``z' = z · log2 e`` and the exponentials are ``exp2`` (about
+three times cheaper than torch's CPU ``exp``). The exponentials ``e_a = 2^(z'_a - c_a)`` need no max pass: the shift
+``c_a`` of a point and token is 0 until a tile's sums pass ``RESCALE_LIMIT`` (logits above ~55 nats), which raises it
+to that tile's max and redoes the tile (exact, rare); a chunk whose unshifted denominators end below
+``UNSHIFTED_MIN_SUM`` (logits all far below 0) is redone with shifts from its first tile. For every pair of points,
+``U_ab += e_a @ z'_bᵀ`` -- one small batched product per tile, whose b side is padded with zero rows to a multiple of
+``ROW_MULTIPLE`` (twice as fast) and, on the last side, a row of ones: that column is ``s_a = Σ_v e_a``, the softmax
+denominator. At the end ``Σ_v p_a z'_b = U_ab / s_a`` and ``lse'_a = c_a + log2 s_a``; so
+``KL(a ‖ b) = (C[a, a] - C[a, b]) · ln 2`` per token with ``C = Σ p z' - lse'``.
+One pass yields Θ (front rows x back resume points), the back anchor's within-anchor KLs (Γ's denominator:
+consecutive back points), the final-output KL between the anchors and the cross-entropies (CE baseline). The logits
+never leave the cache and no ``[tokens, points, vocab]`` tensor exists. Exponents are clamped at ``EXP_FLOOR = -80``
+nats below the shift (torch's CPU exponentials are much slower on underflowing inputs, and denormal results slow the
+next matmul; an output that small changes no KL digit in float32: the clamped mass stays below 2^-48 of the row's). It is the decomposition of
 :class:`hf_klas.selection.divergence.KLMatrixAccumulator`, on logits; ``kernel="reference"`` runs that
 accumulator itself on materialised log-probs (element-validated, handles ``-inf`` log-probs of masked
 vocabularies; results agree to float32 rounding, see tests). ``topk=k`` uses
 :class:`~hf_klas.selection.divergence.TopKKLMatrixAccumulator`.
+
+Half-precision anchors run their blocks in bf16/fp16; each head tile is copied to float32 before its GEMM, so the
+distributions and KLs are float32 and the sums float64. Anchors placed with an accelerate ``device_map`` (offload
+included) are probed in place: block outputs are moved to the head's device, and an offloaded head is materialised
+for one batch at a time. Under ``accelerate launch`` :meth:`KLEngine.run` feeds this process's share of the batches
+and adds the sums up across processes (:mod:`hf_klas.selection.distributed`).
 
 Θ convention (same as :mod:`hf_klas.selection.scoring`): ``theta[i-1, j]`` = mean KL(P^f after front block
 ``i`` ‖ P^g at back resume point ``j``), resume point ``j`` = back embedding output (``j = 0``) or output of back
@@ -69,9 +81,12 @@ LOG2E = 1.0 / math.log(2.0)
 LN2 = math.log(2.0)
 #: The same clamp for the kernel's base-2 exponentials.
 EXP2_FLOOR = EXP_FLOOR * LOG2E
-#: A tile whose sum of exponentials exceeds this (relative to the shift) raises the shift first; 2^64 leaves
-#: 2^64 of float32 range for the sums over the vocabulary and the products with the logits.
-RESCALE_LIMIT = 2.0 ** 64
+#: A tile whose sum of exponentials exceeds this (relative to the shift) raises the shift first; 2^80 leaves
+#: 2^48 of float32 range for the sums over the vocabulary and the products with the logits.
+RESCALE_LIMIT = 2.0 ** 80
+#: Without a shift, a softmax denominator below this means a row whose logits all lie far below 0: the chunk is
+#: redone with shifts (the clamp floor then stays below float32 resolution relative to the row's mass).
+UNSHIFTED_MIN_SUM = 2.0 ** -50
 #: Logit buffers have a multiple of this many point rows: the per-token products ``[P_a, w] @ [w, rows]`` run
 #: about twice as fast with 32 columns as with 31 (measured with MKL on AVX-512; see docs/notes/selection_scale.md).
 ROW_MULTIPLE = 16
@@ -177,7 +192,8 @@ class _TileSide:
     """One anchor's state in :meth:`KLEngine._fused_chunk` for one chunk: the shift ``c`` of the exponentials and
     the tile operations, on buffers (and views of them) that live across chunks."""
 
-    def __init__(self, probe: Probe, state, cs: int, P: int, rows: int, ones_row: bool, bufs: dict, device):
+    def __init__(self, probe: Probe, state, cs: int, P: int, rows: int, ones_row: bool, bufs: dict, device,
+                 shift_first: bool = False):
         self.probe, self.state, self.cs, self.P, self.rows = probe, state, cs, P, rows
         ops = probe.tile_operands(state)  # (x, weight, bias, softcap) for plain heads, else None
         self.device = device
@@ -190,7 +206,8 @@ class _TileSide:
             # bf16/fp16 heads (or a head on another device): each tile is copied to float32 here first
             self.copy_tile = self.weight.dtype != torch.float32 or self.weight.device != device
         self.bufs, self.ones_row = bufs, ones_row
-        self.c: torch.Tensor | None = None  # [P, cs] shift (log2 units), set on the first tile
+        self.shift_first = shift_first
+        self.c: torch.Tensor | None = None  # [P, cs] shift (log2 units); None: no shift (0)
         self.cu: torch.Tensor | None = None  # c as [P, cs, 1]
 
     def views(self, w: int) -> dict:
@@ -231,7 +248,7 @@ class _TileSide:
         else:
             self.probe.logits_tile(self.state, v0, v1, v["z"])
             v["z"].mul_(LOG2E)
-        if self.c is None:  # the first tile's max: every later exponent is relative to it (see _fused_chunk)
+        if self.shift_first and self.c is None:  # every later exponent relative to the first tile's max
             self.set_shift(torch.amax(v["z"], -1))
         return v
 
@@ -239,16 +256,21 @@ class _TileSide:
         self.c, self.cu = c, c.unsqueeze(-1)
 
     def exp(self, v: dict) -> None:
-        """``e = 2^max(z' - c, floor)`` in place in the side's exp buffer."""
-        torch.sub(v["z"], self.cu, out=v["e"]).clamp_min_(EXP2_FLOOR).exp2_()
+        """``e = 2^max(z' - c, floor)`` in the side's exp buffer: two passes without a shift, three with one."""
+        if self.c is None:
+            torch.clamp(v["z"], min=EXP2_FLOOR, out=v["e"]).exp2_()
+        else:
+            torch.sub(v["z"], self.cu, out=v["e"]).clamp_min_(EXP2_FLOOR).exp2_()
 
     def raise_shift(self, v: dict) -> torch.Tensor:
         """Move ``c`` up to the tile's max where the tile exceeds it; returns the factor ``2^(c_old - c_new)``
         ``[P, cs]`` that rescales everything accumulated with the old shift (rare: see ``RESCALE_LIMIT``)."""
-        new = torch.maximum(self.c, torch.amax(v["z"], -1))
-        factor = torch.exp2(self.c - new)
+        old = self.c if self.c is not None else torch.zeros(self.P, self.cs, device=self.device)
+        new = torch.maximum(old, torch.amax(v["z"], -1))
+        factor = torch.exp2(old - new)
         self.set_shift(new)
         return factor
+
 
 
 def parameter_bytes(model: torch.nn.Module) -> dict[str, int]:
@@ -418,19 +440,19 @@ class KLEngine:
             self._bufs[k] = have
         return have
 
-    def _fused_chunk(self, sides, s: int, cs: int):
+    def _fused_chunk(self, sides, s: int, cs: int, shift_first: bool = False):
         """Online softmax over vocabulary tiles for one chunk of tokens, in base 2.
 
         Layout: point-major rows (``[P, cs, w]``, the probes' tile layout). Per side ``a``, the GEMM gives the
-        tile's ``z'_a = z_a · log2 e`` (the features carry the factor); the exponentials ``e_a = 2^(z'_a - c_a)`` use
-        a per-(point, token) shift ``c_a`` fixed at the first tile's max, so no tile needs a max pass. For every
-        block (a, b) one batched product per tile gives, per token, ``e_a @ z'_bᵀ``; the b side's buffer carries
-        zero rows up to a multiple of ``ROW_MULTIPLE`` (twice as fast a product) and, on the last side, a row of
-        ones whose column is ``Σ_v e_a`` -- the softmax denominators come out of the same product. A tile whose
-        sums pass ``RESCALE_LIMIT`` (a later tile far above the first's max) raises the shift and is redone.
-        At the end ``Σ_v p_a z'_b = U_ab / s_a`` and ``lse'_a = c_a + log2 s_a``. No ``[tokens, points, vocab]``
-        tensor exists; per tile the work is one GEMM, three in-place elementwise passes (subtract, clamp, exp2)
-        and the small products."""
+        tile's ``z'_a = z_a · log2 e`` (the features carry the factor); the exponentials ``e_a = 2^(z'_a - c_a)``
+        have no shift (``c_a = 0``, two passes: clamp, exp2) until a tile's sums pass ``RESCALE_LIMIT``, which
+        raises the shift of that side to the tile's max and redoes the tile (then three passes: subtract, clamp,
+        exp2). ``shift_first`` starts from the first tile's max instead (the redo of a chunk whose logits all lie
+        far below 0). For every block (a, b) one batched product per tile gives, per token, ``e_a @ z'_bᵀ``; the b
+        side's buffer carries zero rows up to a multiple of ``ROW_MULTIPLE`` (twice as fast a product) and, on the
+        last side, a row of ones whose column is ``Σ_v e_a`` -- the softmax denominators come out of the same
+        product. At the end ``Σ_v p_a z'_b = U_ab / s_a`` and ``lse'_a = c_a + log2 s_a``. No
+        ``[tokens, points, vocab]`` tensor exists."""
         V = self.classes
         wt = self._tile_width(cs)
         last = len(sides) - 1
@@ -441,7 +463,7 @@ class KLEngine:
             state = probe.tile_state(f[:, s:s + cs], pts)
             wnumel = wt * probe.hidden_size if probe.head is not None else 0
             bufs = self._buffers(k, rows * cs * wt, wnumel, dev)
-            sd.append(_TileSide(probe, state, cs, P, rows, k == last, bufs, dev))
+            sd.append(_TileSide(probe, state, cs, P, rows, k == last, bufs, dev, shift_first))
         blocks = [(0, 0)] if len(sd) == 1 else [(0, 0), (0, 1), (1, 1)]
         U = {(a, b): torch.zeros(cs, sd[a].P, sd[b].rows, device=dev) for a, b in blocks}
         T = {key: torch.empty_like(u) for key, u in U.items()}
@@ -474,8 +496,11 @@ class KLEngine:
             for u, t in pairs:
                 u.add_(t)
         tots = [U[(a, last)][:, :, col] for a in range(len(sd))]
+        if not shift_first and any(side.c is None and not float(tot.min()) >= UNSHIFTED_MIN_SUM
+                                   for side, tot in zip(sd, tots)):
+            return self._fused_chunk(sides, s, cs, shift_first=True)  # rare: logits all far below 0
         pz = {(a, b): U[(a, b)][:, :, :sd[b].P] / tots[a].unsqueeze(-1) for a, b in blocks}
-        lse = [side.c.t() + torch.log2(tot) for side, tot in zip(sd, tots)]
+        lse = [torch.log2(tot) + (0.0 if side.c is None else side.c.t()) for side, tot in zip(sd, tots)]
         return pz, lse, [side.state for side in sd]
 
     @torch.no_grad()
