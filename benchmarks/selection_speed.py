@@ -1,7 +1,8 @@
 """Selection speed on SmolLM2-135M self-stitching (30 x 30 block pairs, vocabulary 49152), in ONE run:
 
 1. selection wall time / its floor. The selection is ``hf_klas.selection.engine.KLEngine`` with the logit lens:
-   one forward per batch, all 31 probe points' log-probs per token chunk, Θ + within-anchor KL + final KL.
+   one forward per batch, all 31 probe points' distributions per token chunk (online softmax over vocabulary
+   tiles), Θ + within-anchor KL + final KL.
    The floor is what no implementation can avoid, measured in the same process on the same batches: the
    anchor's forward pass (stopped after its last block, as the engine runs it) plus ONE unembedding matmul
    per probe point as plain batched matmuls (``torch.mm`` of [31 x chunk, 576] x [576, 49152] into a reused
@@ -21,6 +22,10 @@
 
 Run: ``python benchmarks/selection_speed.py`` (2 x 8 x 128 tokens; about 2.5 min on an idle core, 4 min on a
 busy shared one) or ``--quick`` (2 x 4 x 128 tokens). ``--threads 2`` uses both cores of the dev machine.
+
+``--scale`` prints the scale table instead: the selection's cost (analytic FLOPs and measured time on this machine)
+as calibration tokens, probe points and vocabulary grow, on random-weight Llama-shaped anchors (self-stitching), and
+the projection for Llama-3.2-1B -> 3B from the analytic FLOPs at a stated device throughput (``--device-tflops``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import time
 
 import torch
 
-GOAL_RATIO = 1.3
+GOAL_RATIO = 1.15
 GOAL_SPEEDUP = 10.0
 
 
@@ -161,6 +166,86 @@ def naive_pairs(model, probe, batches, pairs) -> tuple[float, float, dict]:
     return t_fwd, per_pair, values
 
 
+def llama_config(vocab: int, hidden: int, layers: int, intermediate: int | None = None, heads: int = 8,
+                 kv_heads: int = 8, head_dim: int = 64):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate or 2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                       head_dim=head_dim, tie_word_embeddings=True, max_position_embeddings=2048)
+
+
+#: Llama-3.2-1B and -3B: the shapes that matter for selection (the published configs)
+LLAMA_1B = dict(vocab=128256, hidden=2048, layers=16, intermediate=8192, heads=32, kv_heads=8, head_dim=64)
+LLAMA_3B = dict(vocab=128256, hidden=3072, layers=28, intermediate=8192, heads=24, kv_heads=8, head_dim=128)
+
+
+def forward_flops(config, tokens: int, seq_len: int = 128) -> float:
+    """The anchor's forward up to its last block (what the engine runs) for ``tokens`` tokens."""
+    from hf_klas.flops import anchor_flops
+
+    f = anchor_flops(config, seq_len=seq_len)
+    return (f.embed + sum(f.blocks)) * tokens / seq_len
+
+
+def scale_table(args) -> int:
+    """Selection cost as tokens, points and vocabulary grow; projection for Llama-3.2-1B -> 3B."""
+    from transformers import LlamaForCausalLM
+
+    from hf_klas.probes import LogitLens
+    from hf_klas.selection.engine import KLEngine
+
+    base = {"tokens": 256, "layers": 16, "vocab": 32768, "hidden": 512}
+    grid = [base] + [{**base, "tokens": t} for t in (512, 1024)] + [{**base, "layers": n} for n in (8, 32)] + \
+        [{**base, "vocab": v} for v in (16384, 65536)]
+    print("| tokens | probe points | vocabulary | hidden | FLOPs: forward | FLOPs: unembedding | FLOPs: products | "
+          "measured here | GFLOP/s | s per 1k tokens |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rates = []
+    for row in grid:
+        config = llama_config(row["vocab"], row["hidden"], row["layers"])
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).eval()
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, row["vocab"], (row["tokens"] // 128, 128), generator=g)
+        batches = [{"input_ids": ids[k:k + 8], "attention_mask": torch.ones_like(ids[k:k + 8])}
+                   for k in range(0, ids.shape[0], 8)]
+        engine = KLEngine(LogitLens(model), None, progress=False)
+        engine.run([{k: v[:1, :16] for k, v in batches[0].items()}])  # warm-up
+        t0 = time.perf_counter()
+        engine.run(batches)
+        secs = time.perf_counter() - t0
+        kf = engine.kernel_flops(row["tokens"])
+        fwd = forward_flops(config, row["tokens"])
+        total = fwd + kf["unembedding"] + kf["products"]
+        rates.append(total / secs)
+        print(f"| {row['tokens']} | {engine.num_points} | {row['vocab']} | {row['hidden']} | {fwd:.3g} | "
+              f"{kf['unembedding']:.3g} | {kf['products']:.3g} | {secs:.2f} s | {total / secs / 1e9:.0f} | "
+              f"{1000 * secs / row['tokens']:.2f} |", flush=True)
+        del model, engine
+    rate_here = sorted(rates)[len(rates) // 2]
+    # Llama-3.2-1B -> 3B, cross-model: front points 1..16, back points 0..28; shapes only (meta device)
+    with torch.device("meta"):
+        front = LlamaForCausalLM(llama_config(**LLAMA_1B))
+        back = LlamaForCausalLM(llama_config(**LLAMA_3B))
+    engine = KLEngine(LogitLens(front), LogitLens(back), progress=False)
+    tokens = args.scale_tokens
+    kf = engine.kernel_flops(tokens)
+    fwd = forward_flops(front.config, tokens) + forward_flops(back.config, tokens)
+    streamed = 4 * tokens * engine.num_points * engine.classes * 6  # z written, e written/read 3x, both read by products
+    t_dev = (kf["unembedding"] + kf["products"]) / (args.device_tflops * 1e12) + fwd / (args.device_bf16_tflops * 1e12) \
+        + streamed / (args.device_tbps * 1e12)
+    print(f"\nLlama-3.2-1B -> 3B ({len(engine.front_points)} + {len(engine.back_points)} probe points, vocabulary "
+          f"{engine.classes}), {tokens} calibration tokens: forward {fwd:.3g} FLOPs, unembedding "
+          f"{kf['unembedding']:.3g}, products {kf['products']:.3g} (total {fwd + kf['unembedding'] + kf['products']:.3g})")
+    print(f"  projected on one GPU at {args.device_tflops:g} TFLOP/s float32 (unembedding, products), "
+          f"{args.device_bf16_tflops:g} TFLOP/s bf16 (forward), {args.device_tbps:g} TB/s (the {streamed / 1e9:.0f} GB "
+          f"the elementwise passes stream): {t_dev:.1f} s")
+    print(f"  projected here (1 core, the table's median {rate_here / 1e9:.0f} GFLOP/s): "
+          f"{(fwd + kf['unembedding'] + kf['products']) / rate_here / 3600:.1f} h")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (about 1 min)")
@@ -175,8 +260,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a shared machine, idle-waiting OpenMP threads make every "
                          "small op erratic; the ratio is a per-core property)")
+    ap.add_argument("--scale", action="store_true", help="print the scale table and the Llama-3.2-1B -> 3B projection")
+    ap.add_argument("--scale-tokens", type=int, default=8192, help="calibration tokens of the projection (64 x 128)")
+    ap.add_argument("--device-tflops", type=float, default=45.0,
+                    help="assumed sustained float32 TFLOP/s of the GPU (H100/H200 SXM: 67 peak without TF32)")
+    ap.add_argument("--device-bf16-tflops", type=float, default=400.0,
+                    help="assumed sustained bf16 TFLOP/s of the GPU for the anchors' forward (989 dense peak)")
+    ap.add_argument("--device-tbps", type=float, default=4.0, help="assumed memory bandwidth, TB/s (H200: 4.8)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.scale:
+        return scale_table(args)
     fixed_mmap_threshold()
     batches_n = args.batches or 2
     bs = args.batch_size or (4 if args.quick else 8)

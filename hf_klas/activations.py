@@ -55,7 +55,21 @@ class _StopForward(Exception):
 
 
 def _forward(model: nn.Module, batch: dict):
+    batch = on_input_device(model, batch)
     return model(**batch, use_cache=False) if "input_ids" in batch else model(**batch)
+
+
+def on_input_device(model: nn.Module, batch: dict) -> dict:
+    """``batch`` with its tensors on the device of the model's input embeddings, where the forward starts.
+
+    An offloaded embedding (accelerate ``device_map`` with offload) has its weight on the meta device; its hook
+    moves the inputs itself, so the batch is left as it is."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else model
+    weight = next(embeddings.parameters(), None)
+    device = weight.device if weight is not None else None
+    if device is None or device.type == "meta":
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def output_of(model: nn.Module, module: nn.Module, batch: dict) -> torch.Tensor:

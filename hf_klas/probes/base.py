@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
+from accelerate.utils import align_module_device
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -75,11 +76,22 @@ def weights_digest(model: nn.Module, sample: int = 1024) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         if t.numel() == 0 or not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32)):
             continue
+        if t.device.type == "meta":  # offloaded by accelerate: read it through its module's hook, as a forward does
+            t = offloaded_tensor(model, name)
         flat = t.detach().reshape(-1)
         h.update(repr(float(flat.double().sum())).encode())
         step = max(1, flat.numel() // sample)
         h.update(flat[::step][:sample].float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor:
+    """The value of the offloaded tensor ``name`` (a ``state_dict`` key), loaded for a moment by its module's
+    accelerate hook; the module is offloaded again afterwards."""
+    path, _, attr = name.rpartition(".")
+    module = model.get_submodule(path) if path else model
+    with align_module_device(module):
+        return getattr(module, attr).detach().cpu().clone()
 
 
 def anchor_identity(model: nn.Module, name: str | None = None) -> dict:
@@ -199,33 +211,38 @@ class Probe(nn.Module):
         return torch.log_softmax(z, dim=-1)
 
     # ---- streaming-engine entry points (vocabulary tiles) -------------------------------------------------
+    # Point-major layout ([P, N, ...]: all tokens of point 0, then point 1, ...): the engine's GEMM writes the
+    # rows of every point into one buffer that it pads with constant rows (see hf_klas.selection.engine).
     @torch.no_grad()
     def tile_state(self, feats: torch.Tensor, points: Sequence[int]):
-        """Prepare ``feats [P, N, hidden]`` for :meth:`logits_tile`. Default: the full logits, token-major
-        ``[N, P, classes]`` (fine for few classes); the lenses override it to keep only the normed features."""
-        return self.logits(feats, list(points)).float().transpose(0, 1).contiguous()
+        """Prepare ``feats [P, N, hidden]`` for :meth:`logits_tile`. Default: the full float32 logits
+        ``[P, N, classes]`` (fine for few classes); the lenses override it to keep only the normed features."""
+        return self.logits(feats, list(points)).float().contiguous()
 
     @torch.no_grad()
     def logits_tile(self, state, start: int, stop: int, out: torch.Tensor) -> None:
-        """Write the logits of classes ``start:stop`` into the contiguous float32 ``out [N, P, stop-start]``.
+        """Write the logits of classes ``start:stop`` into the contiguous float32 ``out [P, N, stop-start]``.
 
-        The engine walks the vocabulary in tiles small enough to stay in cache, so no ``[N, P, vocab]`` tensor
+        The engine walks the vocabulary in tiles small enough to stay in cache, so no ``[P, N, vocab]`` tensor
         is ever materialised (online softmax, see :mod:`hf_klas.selection.engine`)."""
         out.copy_(state[..., start:stop])
 
     def tile_operands(self, state):
-        """``(x [N*P, hidden], head weight [V, hidden], bias | None, softcap | None)`` when the tile logits are
-        ``softcap(x @ W[start:stop]ᵀ + b)`` (the lenses), so the engine can run that matmul itself; else None."""
+        """``(x [P*N, hidden] float32, head weight [V, hidden], bias | None, softcap | None)`` when the tile
+        logits are ``softcap(x @ W[start:stop]ᵀ + b)`` (the lenses), so the engine can run that matmul itself
+        (in float32, whatever the head's dtype); else None."""
         if isinstance(state, tuple) and state and state[0] == "rows":
             return state[1], self.head.weight, self.head.bias, self.softcap
         return None
 
     def _norm_head_state(self, h: torch.Tensor):
-        """Token-major normed features ``[N*P, hidden]`` for the head's tiles (float32 heads), else full logits."""
-        w = self.head.weight
-        if w.dtype != torch.float32:
-            return self._norm_head(h).float().transpose(0, 1).contiguous()
-        x = self.norm(h.to(w.dtype)).transpose(0, 1)  # [N, P, d]
+        """Point-major normed features ``[P*N, hidden]`` in float32 for the head's tiles, on the head's device.
+
+        The norm runs as the anchor runs it (its own dtype, through any accelerate hook); the head matmul of the
+        tiles is then float32, so a bf16/fp16 anchor's distributions are formed in float32."""
+        norm_dtype = next((p.dtype for p in self.norm.parameters()), h.dtype)
+        x = self.norm(h.to(norm_dtype)).float()
+        x = x.to(self.head.weight.device) if self.head.weight.device.type != "meta" else x
         return ("rows", x.reshape(-1, x.shape[-1]).contiguous(), x.shape[0], x.shape[1])
 
     def _norm_head_tile(self, state, start: int, stop: int, out: torch.Tensor) -> None:
@@ -234,7 +251,8 @@ class Probe(nn.Module):
             return
         _, x, _, _ = state
         z = out.view(-1, stop - start)
-        torch.mm(x, self.head.weight[start:stop].t(), out=z)
+        w = self.head.weight[start:stop]
+        torch.mm(x, (w if w.dtype == torch.float32 else w.float()).t(), out=z)
         if self.head.bias is not None:
             z.add_(self.head.bias[start:stop])
         if self.softcap:

@@ -37,6 +37,7 @@ from ..loading import Anchor, resolve_anchor
 from ..probes import LogitLens
 from ..storage import cache_dir
 from ..version import __version__
+from .distributed import all_true, is_main_process, num_processes, wait_for_everyone
 from .divergence import FinalOutputKLAccumulator
 from .plan import PLAN_FILE, PlanExistsError, StitchPlan
 from .selectors import DEFAULT_METHOD, SELECTORS, Selector, SelectorConfig, get_selector, selector_class
@@ -85,9 +86,16 @@ class SelectOptions:
     use_cache: bool = field(default=True, metadata={
         "help": "Reuse / store plans in the cache (hf_klas.storage.cache_dir()/plans)."})
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+    device_map: str | None = field(default=None, metadata={
+        "help": "Where anchors loaded from disk are placed (transformers' device_map): 'auto', a device ('cpu', "
+                "'cuda:0'), or a JSON object module -> device ('disk' offloads to offload_folder). Default: the CPU, "
+                "or each process's own device under accelerate launch."})
+    offload_folder: str | None = field(default=None, metadata={
+        "help": "Folder for the weights device_map offloads to disk."})
 
     def __post_init__(self):
         """Checked here, once, where the values enter (API and CLI alike)."""
+        self.device_map = parse_device_map(self.device_map)
         selector_class(self.method)
         check_policy(self.policy)
         check_budget_value(self.budget)
@@ -111,6 +119,20 @@ def batches_fingerprint(batches: list[dict] | None) -> str:
             h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def parse_device_map(value):
+    """A device map as given (None, "auto", a device name, a dict) or its JSON text (the command line)."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            value = json.loads(value)
+        except ValueError as err:
+            raise HfKlasError(f"device_map {value!r} is not valid JSON ({err}).",
+                              "Pass 'auto', a device such as 'cuda:0', or e.g. '{\"\": \"cuda:0\"}'.") from err
+    if value is not None and not isinstance(value, (str, dict)):
+        raise HfKlasError(f"device_map must be a string or a dict, got {type(value).__name__}.",
+                          "Pass 'auto', a device such as 'cuda:0', or a module -> device dict.")
+    return value
 
 
 def plan_cache_key(front: Anchor, back: Anchor | None, method: str, method_params: dict, calibration_fp: str,
@@ -179,10 +201,17 @@ def _resolve_pair(front, back):
 # --------------------------------------------------------------------------------------------------------
 def compute_plan(front, back=None, calibration=None, method: str | Selector = DEFAULT_METHOD, *, cache: bool = True,
                  progress: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
-                 max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64, grids_=None, **selector_options):
+                 max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64, grids_=None, device_map=None,
+                 offload_folder: str | None = None, **selector_options):
     """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method`` (a name with its options
     as keywords, or a built :class:`Selector`); returns ``(plan, info)`` with ``info["cached"]`` telling whether
-    the cache answered (no anchor ran). ``grids_``: the ``(flops, params)`` grids when the caller has them."""
+    the cache answered (no anchor ran). ``grids_``: the ``(flops, params)`` grids when the caller has them.
+    ``device_map`` / ``offload_folder``: placement of anchors loaded from disk (not part of the cache key: it
+    changes where the work runs, not the plan).
+
+    Under ``accelerate launch`` with several processes every process calls this with the same arguments: KLAS
+    scores each process's share of the calibration batches and adds the sums up (:mod:`.distributed`), every
+    process returns the same plan, and only the main process writes the cache."""
     t0 = time.perf_counter()
     selector = method if isinstance(method, Selector) else get_selector(method, **selector_options)
     method = selector.name
@@ -201,13 +230,9 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = DE
     params = selector.method_params()
     key = plan_cache_key(front_anchor, None if same else back_anchor, method, params, calib_fp, seq_len, image_size)
     path = plan_cache_dir() / key
-    if cache and (path / PLAN_FILE).is_file():
-        try:
-            plan = StitchPlan.load(path)
-            check_plan_matches(plan, front_anchor, back_anchor)
-            return plan, {"cached": True, "cache_path": str(path), "seconds": time.perf_counter() - t0}
-        except HfKlasError:
-            pass  # unreadable / foreign entry: recompute and overwrite it
+    plan = _cached_plan(path, front_anchor, back_anchor) if cache else None
+    if all_true(plan is not None):  # data-parallel: the cache answers only if it answers every process
+        return plan, {"cached": True, "cache_path": str(path), "seconds": time.perf_counter() - t0}
     info_cal = {
         "fingerprint": calib_fp,
         "source": "default (hf_klas.calibration)" if calibration is None else "user",
@@ -220,12 +245,26 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = DE
                                      else b["input_ids"].numel() for b in batches))
     flops, params = grids_ if grids_ is not None else (None, None)
     plan = selector.select(front_anchor, None if same else back_anchor, batches, flops, params, seq_len=seq_len,
-                           image_size=image_size, progress=progress, calibration_info=info_cal)
-    if cache:
+                           image_size=image_size, progress=progress, calibration_info=info_cal,
+                           device_map=parse_device_map(device_map), offload_folder=offload_folder)
+    if cache and is_main_process():
         plan.save(path, overwrite=True)
+    wait_for_everyone()
     info = {"cached": False, "cache_path": str(path) if cache else None, "seconds": time.perf_counter() - t0,
-            **selector.last_stats}
+            "processes": num_processes(), **selector.last_stats}
     return plan, info
+
+
+def _cached_plan(path: Path, front: Anchor, back: Anchor) -> StitchPlan | None:
+    """The cached plan at ``path`` when it is readable and belongs to these anchors, else None."""
+    if not (path / PLAN_FILE).is_file():
+        return None
+    try:
+        plan = StitchPlan.load(path)
+        check_plan_matches(plan, front, back)
+        return plan
+    except HfKlasError:
+        return None  # unreadable / foreign entry: recompute and overwrite it
 
 
 def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None = None, calibration=None,
@@ -355,11 +394,15 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
     plan, info = compute_plan(front_anchor, None if same else back_anchor, calibration, built,
                               cache=opts.use_cache, progress=opts.progress, seq_len=opts.seq_len,
                               batch_size=opts.batch_size, max_length=opts.calibration_length,
-                              max_samples=opts.calibration_samples, grids_=(dry.flops, dry.params))
+                              max_samples=opts.calibration_samples, grids_=(dry.flops, dry.params),
+                              device_map=opts.device_map, offload_folder=opts.offload_folder)
     chosen = plan.best_for_budget(opts.budget, policy=opts.policy) if opts.budget is not None else None
-    plan.save(out, overwrite=opts.overwrite)
-    files = [str(out / PLAN_FILE), str(plan.plot_heatmap(out / "heatmap.png")),
-             str(plan.plot_candidates(out / "candidates.png"))]
+    files = [str(out / PLAN_FILE), str(out / "heatmap.png"), str(out / "candidates.png")]
+    if is_main_process():  # data-parallel: every rank holds the same plan; one writes it
+        plan.save(out, overwrite=opts.overwrite)
+        plan.plot_heatmap(out / "heatmap.png")
+        plan.plot_candidates(out / "candidates.png")
+    wait_for_everyone()
     summary.update({
         "plan_dir": str(out),
         "files": files,
@@ -379,6 +422,9 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
     })
     if "forward_calls" in info:
         summary["forward_calls"] = info["forward_calls"]
+    if "memory" in plan.extra:
+        summary["memory"] = plan.extra["memory"]
+    summary["processes"] = num_processes()
     return summary
 
 

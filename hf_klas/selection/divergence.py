@@ -220,6 +220,18 @@ class KLMatrixAccumulator:
         cross = pf.reshape(self.m, -1) @ lg.reshape(self.n, -1).T
         self._cross += cross.to("cpu", torch.float64)
 
+    # data-parallel processes add these up (hf_klas.selection.distributed) --------------------------------
+    def state(self) -> list[torch.Tensor]:
+        """The raw float64 sums and counts: ``[Σ p log p, Σ p log q, (count, tokens, chunks)]``."""
+        counts = torch.tensor([self.count, self.num_tokens, self.num_chunks], dtype=torch.float64)
+        return [self._self, self._cross, counts]
+
+    def load_state(self, tensors: list[torch.Tensor]) -> None:
+        """Replace the sums by ``tensors`` (e.g. every process's :meth:`state` added up)."""
+        self._self, self._cross = tensors[0].clone(), tensors[1].clone()
+        self.count = float(tensors[2][0])
+        self.num_tokens, self.num_chunks = int(round(float(tensors[2][1]))), int(round(float(tensors[2][2])))
+
     # results --------------------------------------------------------------------------------------------
     def _need_tokens(self) -> None:
         if self.count <= 0:
@@ -432,6 +444,13 @@ class TopKKLMatrixAccumulator:
         kept = lp.gather(2, uidx.unsqueeze(0).expand(B, tc, U)).masked_fill(~valid.unsqueeze(0), -math.inf)
         other = lp.masked_fill(mask.unsqueeze(0), -math.inf).logsumexp(-1, keepdim=True)  # -inf if empty
         return torch.cat([kept, other], dim=-1)
+
+    def state(self) -> list[torch.Tensor]:
+        return self._acc.state() + [torch.tensor([self._union_sum], dtype=torch.float64)]
+
+    def load_state(self, tensors: list[torch.Tensor]) -> None:
+        self._acc.load_state(tensors[:3])
+        self._union_sum = float(tensors[3][0])
 
     # same read-outs as the exact accumulator
     def mean(self) -> torch.Tensor:

@@ -27,8 +27,13 @@ from ...families import CAUSAL_LM, task_of
 from ...flops import DEFAULT_SEQ_LEN, anchor_flops, stitch_grid_flops, stitch_grid_params
 from ...loading import Anchor, fingerprint_config, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
 from ...probes.base import weights_digest
+from ..distributed import process_state
 from ..plan import AnchorDescriptor, StitchPlan
 from ..scoring import bucket_edges, candidate_set
+
+
+#: ``SelectorConfig.dtype`` -> what ``from_pretrained(dtype=...)`` takes
+LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 @dataclass
@@ -41,6 +46,15 @@ class SelectorConfig:
     cover_back_blocks: bool = field(default=True, metadata={
         "help": "Add each back start's best configuration if no bucket picked it (every back block appears)."})
     seed: int = field(default=0, metadata={"help": "Seed (random selector, trained probes' minibatches)."})
+    dtype: str = field(default="float32", metadata={
+        "help": "Dtype anchors on disk are loaded in for scoring: float32 | bfloat16 | float16 | auto (the "
+                "checkpoint's). The blocks run in it; KLAS forms every distribution and KL in float32 either way. "
+                "In-memory anchors are used as they are."})
+
+    def __post_init__(self):
+        """Checked here, once, where the values enter (API and CLI alike)."""
+        if self.dtype not in LOAD_DTYPES:
+            raise HfKlasError(f"Unknown anchor dtype {self.dtype!r}.", f"Use one of {sorted(LOAD_DTYPES)}.")
 
 
 @dataclass
@@ -96,11 +110,23 @@ def anchor_key(anchor: Anchor) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def load_model(anchor: Anchor):
-    """The whole anchor for probing (float32 for checkpoints on disk; in-memory models as they are)."""
+def load_model(anchor: Anchor, dtype: str = "float32", device_map=None, offload_folder: str | None = None):
+    """The whole anchor for probing; in-memory models as they are.
+
+    Checkpoints on disk are loaded in ``dtype`` (a :data:`LOAD_DTYPES` name) and placed with ``device_map``
+    (transformers' ``from_pretrained``: "auto", a device, or a module -> device dict; "disk" entries offload to
+    ``offload_folder``). Without a device map, a data-parallel rank with an accelerator loads onto its own device."""
     if anchor.model is not None:
         return anchor.model
-    model = anchor.load_full(dtype=torch.float32)
+    kwargs = {"dtype": LOAD_DTYPES[dtype]}
+    state = process_state()
+    if device_map is None and state is not None and state.device.type != "cpu":
+        device_map = {"": state.device}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = offload_folder
+    model = anchor.load_full(**kwargs)
     model.eval()
     return model
 
@@ -180,10 +206,11 @@ class Selector:
 
     def select(self, front_anchor, back_anchor=None, batches: list[dict] | None = None, flops=None, params=None,
                *, seq_len: int | None = None, image_size=None, progress: bool = True,
-               calibration_info: dict | None = None) -> StitchPlan:
+               calibration_info: dict | None = None, device_map=None, offload_folder: str | None = None) -> StitchPlan:
         """Score every configuration of ``front_anchor -> back_anchor`` (``None``: self-stitching) on the
         calibration ``batches`` and return the plan. ``flops`` / ``params`` (``[m, n]``) default to
-        :mod:`hf_klas.flops` at ``seq_len`` tokens (LLMs; default 128) or one image."""
+        :mod:`hf_klas.flops` at ``seq_len`` tokens (LLMs; default 128) or one image. ``device_map`` /
+        ``offload_folder``: where anchors loaded from disk are placed (:func:`load_model`)."""
         t0 = time.perf_counter()
         front = resolve_anchor(front_anchor)
         back = front if back_anchor is None else resolve_anchor(back_anchor)
@@ -207,8 +234,9 @@ class Selector:
                                    "hf_klas.selection.api).")
         models = []
         if self.needs_data:
-            fm = load_model(front)
-            bm = fm if same else load_model(back)
+            place = {"dtype": self.config.dtype, "device_map": device_map, "offload_folder": offload_folder}
+            fm = load_model(front, **place)
+            bm = fm if same else load_model(back, **place)
             models = [(mdl, mdl.training) for mdl in {id(fm): fm, id(bm): bm}.values()]
             for mdl, _ in models:
                 mdl.eval()

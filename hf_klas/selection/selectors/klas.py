@@ -14,7 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 
 from ...errors import HfKlasError
 from ...probes import build_probe, probe_class
-from ..engine import DEFAULT_MAX_CHUNK_BYTES, KLEngine
+from ..distributed import broadcast_parameters
+from ..engine import DEFAULT_CHUNK_TOKENS, DEFAULT_MAX_CHUNK_BYTES, KLEngine
 from ..scoring import DEFAULT_EPS_ABS, DEFAULT_EPS_REL, denominator_floor, gamma_matrix
 from .base import ScoreResult, SelectionContext, Selector, SelectorConfig
 
@@ -32,6 +33,9 @@ class KlasConfig(SelectorConfig):
         "help": "Approximate Θ on the union of every block's top-k outputs (None: exact)."})
     max_chunk_mb: int = field(default=DEFAULT_MAX_CHUNK_BYTES // 2**20, metadata={
         "help": "Bound (MB) on one float32 [points, tokens, classes] buffer of the streamed pass."})
+    chunk_tokens: int = field(default=DEFAULT_CHUNK_TOKENS, metadata={
+        "help": "Tokens per chunk of the streamed pass: 16 keeps a CPU core's tiles in cache; on a GPU use a few "
+                "hundred (bigger matmuls). Θ does not depend on it beyond float rounding."})
     eps_abs: float = field(default=DEFAULT_EPS_ABS, metadata={"help": "Absolute floor of Γ's denominator."})
     eps_rel: float = field(default=DEFAULT_EPS_REL, metadata={
         "help": "Relative floor of Γ's denominator (x median within-back KL)."})
@@ -43,6 +47,12 @@ class KlasConfig(SelectorConfig):
                 "probe sees no block output (for ViTs an image-independent CLS token), so its probe distribution "
                 "is degenerate and its score meaningless; those configurations are left unscored (NaN)."})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.chunk_tokens, bool) or not isinstance(self.chunk_tokens, int) or self.chunk_tokens < 1:
+            raise HfKlasError(f"chunk_tokens must be a positive integer, got {self.chunk_tokens!r}.",
+                              "Use e.g. 16 (CPU) or 256 (GPU).")
+
 
 def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, front_probe=None, back_probe=None):
     """Build (and train, for trained probes) the front and back probes; one probe for self-stitching."""
@@ -51,9 +61,11 @@ def make_probes(ctx: SelectionContext, probe: str, options: dict, seed: int, fro
     if "seed" in {f.name for f in fields(cls.config_class)}:
         opts.setdefault("seed", seed)
     fp = front_probe or build_probe(probe, ctx.front_model, ctx.batches, progress=ctx.progress, **opts)
-    if ctx.same:
-        return fp, None
-    bp = back_probe or build_probe(probe, ctx.back_model, ctx.batches, progress=ctx.progress, **opts)
+    bp = None if ctx.same else back_probe or build_probe(probe, ctx.back_model, ctx.batches, progress=ctx.progress,
+                                                         **opts)
+    for p in (fp, bp):  # data-parallel: every rank fitted the same probe on all batches; make them bitwise equal
+        if p is not None and p.trainable:
+            broadcast_parameters(p)
     return fp, bp
 
 
@@ -85,6 +97,7 @@ class KlasSelector(Selector):
         cfg = self.config
         fp, bp = make_probes(ctx, cfg.probe, cfg.probe_options, cfg.seed, self.front_probe, self.back_probe)
         engine = KLEngine(fp, bp, max_chunk_bytes=cfg.max_chunk_mb * 2**20, kernel=cfg.kernel, topk=cfg.topk,
+                          chunk_tokens=cfg.chunk_tokens,
                           progress=ctx.progress, front_name=str(ctx.front.name_or_path),
                           back_name=str(ctx.back.name_or_path))
         r = engine.run(ctx.batches)
@@ -107,6 +120,7 @@ class KlasSelector(Selector):
             "tokens": int(r.tokens),
             "kernel": r.kernel,
             "unscored": "back_start=0 (embedding output)" if not cfg.score_embedding_resume and not ctx.same else None,
+            "memory": r.memory,
         }
         for name, p in (("front_probe_fit", fp), ("back_probe_fit", bp)):
             stats = getattr(p, "fit_stats", None) if p is not None else None
