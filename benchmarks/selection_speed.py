@@ -232,12 +232,14 @@ def scale_table(args) -> int:
     tokens = args.scale_tokens
     kf = engine.kernel_flops(tokens)
     fwd = forward_flops(front.config, tokens) + forward_flops(back.config, tokens)
-    streamed = 4 * tokens * engine.num_points * engine.classes * 6  # z written, e written/read 3x, both read by products
-    t_dev = (kf["unembedding"] + kf["products"]) / (args.device_tflops * 1e12) + fwd / (args.device_bf16_tflops * 1e12) \
-        + streamed / (args.device_tbps * 1e12)
+    # z written, e written/read 3x, both read by the products
+    streamed = 4 * tokens * engine.num_points * engine.classes * 6
+    t_dev = ((kf["unembedding"] + kf["products"]) / (args.device_tflops * 1e12)
+             + fwd / (args.device_bf16_tflops * 1e12) + streamed / (args.device_tbps * 1e12))
     print(f"\nLlama-3.2-1B -> 3B ({len(engine.front_points)} + {len(engine.back_points)} probe points, vocabulary "
           f"{engine.classes}), {tokens} calibration tokens: forward {fwd:.3g} FLOPs, unembedding "
-          f"{kf['unembedding']:.3g}, products {kf['products']:.3g} (total {fwd + kf['unembedding'] + kf['products']:.3g})")
+          f"{kf['unembedding']:.3g}, products {kf['products']:.3g} "
+          f"(total {fwd + kf['unembedding'] + kf['products']:.3g})")
     print(f"  projected on one GPU at {args.device_tflops:g} TFLOP/s float32 (unembedding, products), "
           f"{args.device_bf16_tflops:g} TFLOP/s bf16 (forward), {args.device_tbps:g} TB/s (the {streamed / 1e9:.0f} GB "
           f"the elementwise passes stream): {t_dev:.1f} s")
@@ -353,7 +355,8 @@ def main(argv=None) -> int:
           f"{[(c, t or V) for c, t in variants]}): "
           f"{flo_tot / repeats:.2f} s per pass [forward {fwd_tot / repeats:.2f} s]")
     print(f"ratio selection / floor: {ratio:.3f} (total), per-batch median {median:.3f}, range "
-          f"{per_batch[0]:.3f}..{per_batch[-1]:.3f}  (goal <= {GOAL_RATIO})  {'PASS' if ratio <= GOAL_RATIO else 'FAIL'}")
+          f"{per_batch[0]:.3f}..{per_batch[-1]:.3f}  (goal <= {GOAL_RATIO})  "
+          f"{'PASS' if ratio <= GOAL_RATIO else 'FAIL'}")
     sel = sel_tot / repeats
 
     # --- naive per-pair loop ----------------------------------------------------------------------------
@@ -397,7 +400,8 @@ def main(argv=None) -> int:
     part = [{k: v[:2] for k, v in big[0].items()}]
     fused = KLEngine(probe, None, progress=False).run(part)
     ref = KLEngine(probe, None, progress=False, kernel="reference").run(part)
-    print(f"fused vs reference kernel on {fused.tokens} tokens: max |ΔΘ| {float((fused.theta - ref.theta).abs().max()):.2e}"
+    print(f"fused vs reference kernel on {fused.tokens} tokens: "
+          f"max |ΔΘ| {float((fused.theta - ref.theta).abs().max()):.2e}"
           f" (Θ up to {float(ref.theta.max()):.2f} nats), max |Δ within-KL| "
           f"{float((fused.within_back - ref.within_back).abs().max()):.2e} (within-KL from "
           f"{float(ref.within_back.min()):.3f} nats)")

@@ -85,7 +85,6 @@ def main():
                 t["fwd_extracted"] / t["fwd_stitchable"], 3)
             result[f"generate_speed_ratio_{name}_stitchable_over_extracted"] = round(
                 t["gen_extracted"] / t["gen_stitchable"], 3)
-            del single
     result["stitchable_weights_mb"] = round(weight_bytes(model) / 2**20, 1)
     result["sum_of_extracted_weights_mb"] = round(extracted_bytes / 2**20, 1)
     result["anchor_weights_mb"] = round(weight_bytes(anchor.load_full()) / 2**20, 1)

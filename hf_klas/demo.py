@@ -25,14 +25,13 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import TrainingArguments
+from transformers import TrainingArguments, set_seed
 
 from .building import StitchedModel
 from .console import quiet_console, stage
 from .data.debian_descriptions import load_debian_descriptions
 from .data.fashion_mnist import load_fashion_mnist, with_pixel_values
 from .errors import HfKlasError
-from .families import family_of
 from .evaluation import (
     ParetoPoint,
     first_lines,
@@ -44,6 +43,7 @@ from .evaluation import (
     top1_accuracy,
     write_pareto_table,
 )
+from .families import family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops
 from .loading import resolve_anchor
 from .modeling_stitched import StitchedModelForCausalLM
@@ -114,7 +114,7 @@ def _report_dir(opts: DemoOptions) -> Path:
 def _training_args(out: str, steps: int, lr: float, batch: int, seed: int) -> TrainingArguments:
     return TrainingArguments(output_dir=out, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch,
                              logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True, seed=seed,
-                             data_seed=seed, lr_scheduler_type="cosine", warmup_ratio=0.05,
+                             data_seed=seed, lr_scheduler_type="cosine", warmup_steps=0.05,  # < 1: a ratio
                              dataloader_num_workers=0, disable_tqdm=True)
 
 
@@ -221,6 +221,7 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     def lora_finetune(model):
         """One recipe for the stitch and the anchor: LoRA r=16 (alpha 32) on the blocks' attention and MLP
         projections, lr 2e-4, batch 4, the same steps and data order; the stitch layer also trains."""
+        set_seed(opts.seed)  # the LoRA matrices are drawn from the global RNG: the same draw for both
         with tempfile.TemporaryDirectory() as tmp:
             args = _training_args(tmp, steps=steps, lr=2e-4, batch=4, seed=opts.seed)
             if isinstance(model, StitchedModelForCausalLM):
@@ -238,8 +239,8 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     bar.update()
     rows = [evaluate(anchor.load_full(), "SmolLM2-135M (anchor)")]
     model = StitchedModel.from_anchors(anchor, front_blocks=chosen.front_blocks, back_start=chosen.back_start,
-                                       calibration=calibration, max_calibration_samples=sizes["llm_calibration_samples"],
-                                       progress=False)
+                                       calibration=calibration,
+                                       max_calibration_samples=sizes["llm_calibration_samples"], progress=False)
     label = f"stitch({chosen.front_blocks},{chosen.back_start})"
     rows.append(evaluate(model, f"{label} least-squares init"))
     rows.append(evaluate(lora_finetune(model), f"{label} after {steps} LoRA steps"))

@@ -123,7 +123,7 @@ class TensorReader:
                 if f.readinto(memoryview(view)) != end - start:
                     raise HfKlasError(f"{path.name} ended early while reading {name}.",
                                       "The checkpoint is truncated; download or save it again.")
-        self.names_read.append(name)
+        self.names_read.append(stored)  # the checkpoint's own name
         self.bytes_read += end - start
         return dest
 
@@ -161,7 +161,8 @@ class Anchor:
         if self.model is not None:
             return self.model
         if task_cls is None:
-            task_cls = AutoModelForCausalLM if family_of(self.config).task == CAUSAL_LM else AutoModelForImageClassification
+            causal = family_of(self.config).task == CAUSAL_LM
+            task_cls = AutoModelForCausalLM if causal else AutoModelForImageClassification
         return task_cls.from_pretrained(self.directory, **kwargs)
 
     def fingerprint(self) -> str:

@@ -65,14 +65,16 @@ def render_model_card(config) -> str:
     f, b = config.front_config, config.back_config
     i, j = config.front_blocks, config.back_start
     auto = _auto_class(config)
+    flops_text = format_flops(info["flops"]) if isinstance(info.get("flops"), (int, float)) else "n/a"
     lines += ["# Stitched model", "",
               f"Blocks 1–{i} of **{names[0]}** ({f.model_type}, hidden {f.hidden_size}), "
-              f"a learned linear stitch ({f.hidden_size} → {b.hidden_size}), then blocks {j + 1}–{b.num_hidden_layers} of "
+              f"a learned linear stitch ({f.hidden_size} → {b.hidden_size}), "
+              f"then blocks {j + 1}–{b.num_hidden_layers} of "
               f"**{names[1]}** ({b.model_type}, hidden {b.hidden_size}) with its final norm and head.",
               "", "| | value |", "|---|---|",
               f"| stitch point (front_blocks, back_start) | ({i}, {j}) |",
               f"| blocks run | {i} front + {b.num_hidden_layers - j} back = {config.num_hidden_layers} |",
-              f"| forward FLOPs | {format_flops(info['flops']) if isinstance(info.get('flops'), (int, float)) else 'n/a'} ({info.get('flops_unit', 'per sequence')}) |",
+              f"| forward FLOPs | {flops_text} ({info.get('flops_unit', 'per sequence')}) |",
               f"| parameters | {info.get('params', 'n/a')} |",
               f"| hf_klas version | {getattr(config, 'hf_klas_version', 'n/a')} |", "",
               "## Use", "", "```python",

@@ -312,7 +312,8 @@ print([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
 - test accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}; the last fifth of training moved it by
   {plateau_delta(curve):+.2f} points (converged: {"yes" if abs(plateau_delta(curve)) < args.plateau_points else "no"},
   criterion < {args.plateau_points:g})
-- seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s) per model process, up to {args.jobs} models trained at once)
+- seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s) per model process,
+  up to {args.jobs} models trained at once)
 - hardware: {args.device} ({platform.machine()}), {train_seconds / 60:.1f} min of training for this model
 - software: torch {torch.__version__}, transformers {transformers.__version__}
 - command (trains the zoo in one run):

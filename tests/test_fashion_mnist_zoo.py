@@ -169,7 +169,7 @@ def test_zoo_shares_token_layout_and_grows():
             assert (folder / f).is_file(), folder / f
         assert "library_name: transformers" in (folder / "README.md").read_text()
     for a, b in zip(configs, configs[1:]):
-        assert a.hidden_size < b.hidden_size and a.num_hidden_layers < b.num_hidden_layers
+        assert a.hidden_size < b.hidden_size and a.num_hidden_layers <= b.num_hidden_layers
     params = [m["params"] for m in models]
     assert params == sorted(params) and len(set(params)) == 3
     total_bytes = sum((WEIGHTS / m["path"] / "model.safetensors").stat().st_size for m in models)

@@ -73,12 +73,14 @@ def test_ls_mse_zero_for_linear_and_matches_direct():
     T, df, dg = 150, 5, 7
     X = _feats(2, T, df, 7)
     W = torch.randn(df, dg, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    Y = torch.stack([X[0] @ W + 1.5, torch.randn(T, dg, generator=torch.Generator().manual_seed(9), dtype=torch.float64)])
+    noise = torch.randn(T, dg, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    Y = torch.stack([X[0] @ W + 1.5, noise])
     st = _stream(CrossFeatureStats(2, 2, df, dg), X, Y, cuts=[50])
     mse = st.ls_mse(ridge=1e-10)
     assert float(mse[0, 0]) < 1e-8  # exactly linear (with bias) → ~0
     assert 0.5 < float(mse[1, 1]) <= 1.0  # noise is not predictable
-    ref = torch.tensor([[ls_relative_mse(X[i], Y[j], ridge=1e-4) for j in range(2)] for i in range(2)], dtype=torch.float64)
+    ref = torch.tensor([[ls_relative_mse(X[i], Y[j], ridge=1e-4) for j in range(2)] for i in range(2)],
+                       dtype=torch.float64)
     torch.testing.assert_close(st.ls_mse(ridge=1e-4), ref.double(), rtol=1e-8, atol=1e-10)
 
 

@@ -546,7 +546,8 @@ def test_finetune_plan_writes_a_stitchable_model_and_pareto_evaluates_it(tmp_pat
                         progress=False)  # a saved stitchable model continues its supernet training
     again = AutoModelForCausalLM.from_pretrained(more["model_dir"])
     assert type(again) is StitchableModelForCausalLM and int(again.sample_step) == 5
-    assert again.config.stitch_configs[0]["metrics"]["perplexity"] == recorded.stitch_configs[0]["metrics"]["perplexity"]
+    metrics = again.config.stitch_configs[0]["metrics"]
+    assert metrics["perplexity"] == recorded.stitch_configs[0]["metrics"]["perplexity"]
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------

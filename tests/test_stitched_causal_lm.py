@@ -56,7 +56,8 @@ def test_weights_come_from_the_right_anchor_blocks(pair, stitched):
     for k in range(2):
         assert torch.equal(stitched.front.layers[k].mlp.down_proj.weight, f.model.layers[k].mlp.down_proj.weight)
     for k in range(3):
-        assert torch.equal(stitched.back.layers[k].self_attn.k_proj.weight, b.model.layers[3 + k].self_attn.k_proj.weight)
+        back_k = stitched.back.layers[k].self_attn.k_proj.weight
+        assert torch.equal(back_k, b.model.layers[3 + k].self_attn.k_proj.weight)
     assert torch.equal(stitched.back.norm.weight, b.model.norm.weight)
     # tied back anchor: the head is built from its input embedding, and the stitched config unties it
     assert torch.equal(stitched.lm_head.weight, b.model.embed_tokens.weight)

@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from hf_klas.errors import HfKlasError  # noqa: E402
 from hf_klas.study import (  # noqa: E402,E501
     QualityOptions,
     analyze_selector,
@@ -229,6 +230,12 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
     assert lora and len({c["bucket"] for c in lora}) == 1  # the quick run: one LoRA bucket
     md = (tmp_path / "sq.md").read_text()
     assert "| selector |" in md and "klas:logit_lens" in md and "recovery" in md and "## Verdict" in md
+    # the default ran vit and lm side by side in two processes; one study in this process gives the same numbers
+    assert report["jobs"] == 2 and "side by side in 2 processes" in md
+    assert "===== --studies lm =====" in (tmp_path / "sq.log").read_text()
+    alone = script.main(["--quick", "--studies", "lm", "--jobs", "1", "--lm_anchor", lm, "--out_dir",
+                         str(tmp_path / "alone"), "--name", "sq", "--progress", "false"])
+    assert alone["studies"] == {k: v for k, v in summary["studies"].items() if k.startswith(Path(lm).name)}
     assert (tmp_path / "sq.png").stat().st_size > 0 and (tmp_path / "sq.log").is_file()
     assert summary["json"] == str(tmp_path / "sq.json") and summary["verdict"]
 
@@ -237,7 +244,29 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
                                        random_repeats=report["options"]["random_repeats"], progress=False))
     redo = json.loads((tmp_path / "re" / "sq.json").read_text())
     assert again["studies"] == summary["studies"]
-    assert redo["reanalysis"]["from"] == str(tmp_path / "sq.json")
+    assert redo["reanalysis"]["from"] == [str(tmp_path / "sq.json")]
+
+    # the same report split into a vit run and an lm run (two machines, say) combines back into it
+    for part, keep in (("vit", ("full", "stitch")), ("lm", ("training-free", "lora"))):
+        piece = dict(report, options=dict(report["options"], studies=[part]), command=f"run --studies {part}",
+                     studies=[st for st in report["studies"] if st["protocol"] in keep],
+                     data={part: report["data"][part]}, wall_seconds=report["wall_seconds"] / 2)
+        (tmp_path / f"{part}.json").write_text(json.dumps(piece))
+    parts = [str(tmp_path / "vit.json"), str(tmp_path / "lm.json")]
+    combined = run_quality(QualityOptions(from_json=parts, out_dir=str(tmp_path / "both"), name="sq",
+                                          random_repeats=report["options"]["random_repeats"], progress=False))
+    assert combined["studies"] == summary["studies"] and combined["verdict"] == summary["verdict"]
+    both = json.loads((tmp_path / "both" / "sq.json").read_text())
+    assert both["data"] == report["data"] and [p["command"] for p in both["parts"]] == ["run --studies vit",
+                                                                                          "run --studies lm"]
+    assert "Combined from runs of separate studies" in (tmp_path / "both" / "sq.md").read_text()
+    with pytest.raises(HfKlasError, match="more than one report"):
+        run_quality(QualityOptions(from_json=[parts[0], parts[0]], out_dir=str(tmp_path / "x"), progress=False))
+    (tmp_path / "old.json").write_text(json.dumps(dict(json.loads((tmp_path / "lm.json").read_text()),
+                                                       hf_klas_version="0.0.1")))
+    with pytest.raises(HfKlasError, match="different hf_klas versions"):
+        run_quality(QualityOptions(from_json=[parts[0], str(tmp_path / "old.json")], out_dir=str(tmp_path / "x"),
+                                   progress=False))
 
 
 def test_cli_lists_quality_options():

@@ -170,7 +170,8 @@ def test_default_lora_targets_are_block_projections(pair):
     cfg = default_lora_config(lm, r=4, alpha=16)
     assert cfg.r == 4 and cfg.lora_alpha == 16 and list(cfg.modules_to_save) == ["stitch"]
     vit = vit_stitch()
-    block_linears = {n.rsplit(".", 1)[-1] for n, m in vit.front_blocks.named_modules() if isinstance(m, torch.nn.Linear)}
+    block_linears = {n.rsplit(".", 1)[-1] for n, m in vit.front_blocks.named_modules()
+                     if isinstance(m, torch.nn.Linear)}
     # the installed transformers' names (5.24: q_proj .. fc2; 5.0: query, key, value, dense): every block Linear
     assert set(default_target_modules(vit)) == block_linears and len(block_linears) >= 4
     peft_model = apply_lora(vit, r=2)

@@ -69,7 +69,8 @@ def vision_pair(family: str = "vit", seed: int = 0, num_labels: int = 5):
     """Two tiny image classifiers of one family with different width and depth (like DeiT-Ti -> DeiT-S)."""
     from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
 
-    cfg_cls, model_cls = (ViTConfig, ViTForImageClassification) if family == "vit" else (DeiTConfig, DeiTForImageClassification)
+    vit = family == "vit"
+    cfg_cls, model_cls = (ViTConfig, ViTForImageClassification) if vit else (DeiTConfig, DeiTForImageClassification)
     labels = {k: f"class_{k}" for k in range(num_labels)}
     torch.manual_seed(seed)
     models = []

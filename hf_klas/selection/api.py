@@ -67,8 +67,8 @@ class SelectOptions:
         "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
                 "configuration to build."})
     method: str = field(default=DEFAULT_METHOD, metadata={
-        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner; klas is the "
-                "paper's Γ)."})
+        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner; "
+                "klas is the paper's Γ)."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "

@@ -30,7 +30,8 @@ One pass yields Θ (front rows x back resume points), the back anchor's within-a
 consecutive back points), the final-output KL between the anchors and the cross-entropies (CE baseline). The logits
 never leave the cache and no ``[tokens, points, vocab]`` tensor exists. Exponents are clamped at ``EXP_FLOOR = -80``
 nats below the shift (torch's CPU exponentials are much slower on underflowing inputs, and denormal results slow the
-next matmul; an output that small changes no KL digit in float32: the clamped mass stays below 2^-48 of the row's). It is the decomposition of
+next matmul; an output that small changes no KL digit in float32: the clamped mass stays below 2^-48 of the row's).
+It is the decomposition of
 :class:`hf_klas.selection.divergence.KLMatrixAccumulator`, on logits; ``kernel="reference"`` runs that
 accumulator itself on materialised log-probs (element-validated, handles ``-inf`` log-probs of masked
 vocabularies; results agree to float32 rounding, see tests). ``topk=k`` uses
@@ -150,12 +151,12 @@ class _FusedAllPairs:
             c = c.to(torch.float64).sum(0).cpu()
             ok &= bool(torch.isfinite(c).all())
             self._blk(self.cz, a, b).add_(c)
-        for sd, l in enumerate(lse):
-            lsum = l.to(torch.float64).sum(0).cpu()
+        for sd, lse_side in enumerate(lse):
+            lsum = lse_side.to(torch.float64).sum(0).cpu()
             ok &= bool(torch.isfinite(lsum).all())
             o = self.offsets[sd]
             self.lse[o:o + self.sizes[sd]] += lsum
-            count = l.shape[0]
+            count = lse_side.shape[0]
         self.count += count
         return ok
 

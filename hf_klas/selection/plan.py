@@ -216,7 +216,8 @@ class StitchPlan:
             raise HfKlasError(f"not a hf_klas stitch plan (format={d.get('format')!r}).",
                               "pass the directory written by StitchPlan.save / a selector.")
         written = str(d.get("created_with", "0.0.0"))
-        if _version_tuple(written) > _version_tuple(__version__) or int(d.get("format_version", 1)) > PLAN_FORMAT_VERSION:
+        newer_format = int(d.get("format_version", 1)) > PLAN_FORMAT_VERSION
+        if _version_tuple(written) > _version_tuple(__version__) or newer_format:
             raise VersionError(
                 f"this plan was written by hf_klas {written} (plan format {d.get('format_version')}); the "
                 f"installed hf_klas {__version__} reads plan format <= {PLAN_FORMAT_VERSION} from versions "
@@ -299,7 +300,8 @@ class StitchPlan:
 
     def resolve_budget(self, budget_flops: float) -> float:
         """A number of FLOPs, or a float in (0, 1] read as a fraction of the back anchor's FLOPs."""
-        if isinstance(budget_flops, bool) or not isinstance(budget_flops, (int, float)) or not math.isfinite(budget_flops) or budget_flops <= 0:
+        is_number = isinstance(budget_flops, (int, float)) and not isinstance(budget_flops, bool)
+        if not is_number or not math.isfinite(budget_flops) or budget_flops <= 0:
             lo, hi = self.feasible_range()
             raise BudgetError(
                 f"budget {budget_flops!r} is not a positive number; feasible range is {format_flops(lo)} to "

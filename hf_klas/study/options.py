@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from ..errors import HfKlasError
 from ..selection.selectors import SELECTORS
@@ -93,19 +94,27 @@ class QualityOptions:
     random_repeats: int = field(default=20, metadata={"help": "Seeds of the random selector (mean and std)."})
     subset_seed: int = field(default=0, metadata={"help": "Seed of shuffles and of tie-breaking."})
     ridge: float = field(default=1e-4, metadata={"help": "Relative ridge of the least-squares stitch init."})
-    threads: int = field(default=2, metadata={"help": "torch CPU threads (0: leave as is)."})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads per study process (0: leave as is)."})
+    jobs: int = field(default=2, metadata={
+        "help": "Processes running the studies side by side (vit and lm at once on 2 cores), combined into one "
+                "report as --from_json would; 1: one after another in this process. The numbers do not depend "
+                "on it."})
     use_cache: bool = field(default=False, metadata={
         "help": "Reuse cached selection plans (timings then measure the cache, not the selector)."})
     progress: bool = field(default=True, metadata={"help": "Show one progress bar per stage."})
     verbose: bool = field(default=False, metadata={
         "help": "Print everything the libraries say (by default it goes to <out_dir>/<name>.log)."})
-    from_json: str | None = field(default=None, metadata={
-        "help": "Re-analyse a previous run: every metric, table and plot recomputed from that run's JSON (its oracle "
-                "qualities and selector scores) without running any model. tau, random_repeats, out_dir and name "
-                "come from this call, everything else from the original run."})
+    from_json: list[str] = field(default_factory=list, metadata={
+        "help": "Re-analyse previous runs: every metric, table and plot recomputed from their JSON (oracle "
+                "qualities and selector scores) without running any model. Several files (e.g. a run of "
+                "--studies vit and one of --studies lm, possibly on two machines) are combined into one report; "
+                "they must come from the same hf_klas version and hold different studies. tau, random_repeats, "
+                "out_dir and name come from this call, everything else from the original runs."})
 
     def __post_init__(self):
         """Checked once, where the values enter."""
+        if isinstance(self.from_json, (str, Path)):  # one path given from Python
+            self.from_json = [str(self.from_json)]
         bad = sorted(set(self.studies) - {"vit", "lm"})
         if bad or not self.studies:
             raise HfKlasError(f"Unknown studies {bad or self.studies}.", "Use --studies vit lm (or one of them).")
@@ -117,6 +126,8 @@ class QualityOptions:
                                   "Pass e.g. vit-fmnist-tiny:vit-fmnist-small.")
         if not self.vit_seeds or not self.lm_lora_seeds:
             raise HfKlasError("vit_seeds / lm_lora_seeds is empty.", "Pass at least one seed.")
+        if self.jobs < 1:
+            raise HfKlasError(f"jobs={self.jobs}.", "Use jobs >= 1 (1: the studies run one after another).")
         if self.num_buckets < 1 or self.random_repeats < 1 or self.tau < 0:
             raise HfKlasError(f"num_buckets={self.num_buckets}, random_repeats={self.random_repeats}, "
                               f"tau={self.tau}.", "Use num_buckets >= 1, random_repeats >= 1, tau >= 0.")
@@ -164,6 +175,7 @@ def quick(opts: QualityOptions) -> QualityOptions:
         opts, vit_pairs=opts.vit_pairs[:1], vit_seeds=opts.vit_seeds[:2], vit_steps=2, vit_batch_size=16,
         vit_train_samples=64, vit_test_samples=64, vit_calibration_samples=32,
         lm_eval_texts=2, lm_calibration_texts=4, lm_rouge_texts=min(opts.lm_rouge_texts, 2), lm_max_new_tokens=4,
-        lm_selector_texts=2, lm_max_length=64, lm_description_chars=80, lm_max_configs=5, lm_lora_buckets=min(opts.lm_lora_buckets, 1),
+        lm_selector_texts=2, lm_max_length=64, lm_description_chars=80, lm_max_configs=5,
+        lm_lora_buckets=min(opts.lm_lora_buckets, 1),
         lm_lora_stride=1, lm_lora_seeds=opts.lm_lora_seeds[:1], lm_lora_steps=1, lm_train_texts=4,
         tuned_lens_steps=2, random_repeats=3, num_buckets=3)

@@ -116,6 +116,11 @@ def markdown(report: dict) -> str:
              "oracle's best of every bucket (K buckets; set size and chance in brackets). `±` = std over "
              "finetuning seeds (over seeds of the random selector for its row). Definitions: the JSON's "
              "`definitions`.", ""]
+    if report.get("parts") and report.get("jobs"):
+        lines += [f"The studies ran side by side in {report['jobs']} processes (wall time above: the whole run):", ""]
+    elif report.get("parts"):
+        lines += ["Combined from runs of separate studies (same hf_klas version; wall time = their sum):", ""]
+        lines += [f"- `{part['command']}`: {part['wall_seconds'] / 60:.1f} min" for part in report["parts"]] + [""]
     if report.get("reanalysis"):
         lines += [f"Metrics re-computed from the stored oracle and scores with `{report['reanalysis']['command']}` "
                   "(no model was run again; wall and CPU time above are the original run's).", ""]

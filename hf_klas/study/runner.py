@@ -369,7 +369,8 @@ def lm_studies(opts: QualityOptions, bar_factory) -> tuple[list[dict], dict]:
     skips = sorted({j - i for i, j in lora_configs})
     lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (front_blocks a multiple of "
                  f"{opts.lm_lora_stride}) in {len(picked)} FLOPs buckets ({len(lora_configs)} configurations, "
-                 f"skipping {', '.join(map(str, skips))} blocks); least-squares init, then {opts.lm_lora_steps} LoRA steps (r={opts.lm_lora_r}, lr "
+                 f"skipping {', '.join(map(str, skips))} blocks); least-squares init, then {opts.lm_lora_steps} "
+                 f"LoRA steps (r={opts.lm_lora_r}, lr "
                  f"{opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer trained too) on "
                  f"{len(lora_train)} Debian training packages (prompt + synopsis, loss on the synopsis), per seed "
                  f"{opts.lm_lora_seeds}")
@@ -430,6 +431,8 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     opts = replace(opts, **kwargs) if opts is not None else QualityOptions(**kwargs)
     if opts.from_json:
         return reanalyze(opts, command)
+    if opts.jobs > 1 and len(opts.studies) > 1:
+        return run_side_by_side(opts, command)
     given = opts
     if opts.quick:
         opts = quick(opts)
@@ -471,6 +474,35 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     return reporting.write_outputs(_json_safe(report), opts)
 
 
+def _run_part(opts: QualityOptions, command: str) -> str:
+    """One study of :func:`run_side_by_side`, in its own process; returns its JSON's path."""
+    run_quality(opts, command=command)
+    return str(Path(opts.out_dir) / f"{opts.name}.json")
+
+
+def run_side_by_side(opts: QualityOptions, command: str | None) -> dict:
+    """Each study in its own process (``jobs`` at a time), then one report combined from their JSONs. Every
+    study is seeded and runs alone in its process, so the numbers equal a ``jobs=1`` run's."""
+    import multiprocessing as mp
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    t0 = time.perf_counter()
+    command = command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "run_quality(...)")
+    with tempfile.TemporaryDirectory(prefix="hf_klas_quality_") as tmp:
+        parts = [replace(opts, studies=[s], jobs=1, out_dir=str(Path(tmp) / s), name=opts.name) for s in opts.studies]
+        with ProcessPoolExecutor(min(opts.jobs, len(parts)), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_part, part, f"{command}  [part: --studies {part.studies[0]}]")
+                       for part in parts]
+            paths = [fut.result() for fut in futures]
+        Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
+        logs = [Path(path).with_suffix(".log") for path in paths]  # the parts' console logs, one after the other
+        (Path(opts.out_dir) / f"{opts.name}.log").write_text("".join(
+            f"===== --studies {log.parent.name} =====\n{log.read_text()}\n" for log in logs if log.is_file()))
+        return reanalyze(replace(opts, from_json=paths), command, wall_seconds=time.perf_counter() - t0,
+                         side_by_side=True)
+
+
 class _NoBar:
     def update(self, n: int = 1):
         pass
@@ -497,10 +529,7 @@ def _random_scores(st: dict, pool: list[dict], repeats: int) -> list[list[float]
     return scores
 
 
-def reanalyze(opts: QualityOptions, command: str | None) -> dict:
-    """``from_json``: metrics, tables and plots recomputed from a previous report (see the option's help)."""
-    t0 = time.perf_counter()
-    path = Path(opts.from_json)
+def _read_report(path: Path) -> dict:
     try:
         old = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -509,10 +538,57 @@ def reanalyze(opts: QualityOptions, command: str | None) -> dict:
     if old.get("format") != FORMAT:
         raise HfKlasError(f"{path} is not a selection-quality report (format={old.get('format')!r}).",
                           "Pass the selection_quality JSON written by run_quality.")
+    return old
+
+
+def combine_reports(paths: list[Path]) -> dict:
+    """One report from runs of different studies (same hf_klas version): studies, data and times added up."""
+    reports = [_read_report(p) for p in paths]
+    if len(reports) == 1:
+        return reports[0]
+    versions = {r["hf_klas_version"] for r in reports}
+    if len(versions) > 1:
+        raise HfKlasError(f"The reports come from different hf_klas versions {sorted(versions)}.",
+                          "Combine runs of one version (rerun the older study).")
+    names = [st["name"] for r in reports for st in r["studies"]]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise HfKlasError(f"Studies {dupes} appear in more than one report.",
+                          "Combine runs of different studies (e.g. --studies vit and --studies lm).")
+    first = reports[0]
+    studies_run = [s for r in reports for s in r["options"]["studies"]]
+    options = dict(first["options"], studies=studies_run)
+    for r in reports[1:]:  # each study's own options (vit_* from the vit run, lm_* from the lm run)
+        for key, value in r["options"].items():
+            if key.startswith(tuple(f"{s}_" for s in r["options"]["studies"])):
+                options[key] = value
+    first = {k: v for k, v in first.items() if k != "jobs"}  # a combination, not one side-by-side run
+    return dict(first, options=options, studies=[st for r in reports for st in r["studies"]],
+                data={k: v for r in reports for k, v in r.get("data", {}).items()},
+                command=" + ".join(r["command"] for r in reports),
+                wall_seconds=sum(r["wall_seconds"] for r in reports),
+                cpu_seconds=sum(r.get("cpu_seconds", math.nan) for r in reports),
+                parts=[{"command": r["command"], "wall_seconds": r["wall_seconds"], "machine": r["machine"]}
+                       for r in reports])
+
+
+def reanalyze(opts: QualityOptions, command: str | None, *, wall_seconds: float | None = None,
+              side_by_side: bool = False) -> dict:
+    """``from_json``: metrics, tables and plots recomputed from previous reports (see the option's help).
+    ``side_by_side``: the reports are the parts of one :func:`run_side_by_side` run that took ``wall_seconds``."""
+    t0 = time.perf_counter()
+    paths = [Path(p) for p in opts.from_json]
+    old = combine_reports(paths)
+    if side_by_side:
+        old = dict(old, command=command, wall_seconds=wall_seconds, jobs=opts.jobs)
     known = {f.name for f in fields(QualityOptions)}
     orig = QualityOptions(**{k: v for k, v in old["options"].items() if k in known and k != "from_json"})
-    new_opts = replace(orig, tau=opts.tau, random_repeats=opts.random_repeats, out_dir=opts.out_dir, name=opts.name,
-                       progress=opts.progress, from_json=str(path))
+    if side_by_side:  # the parts' own tau / random_repeats (after --quick), as one process would have used
+        new_opts = replace(orig, out_dir=opts.out_dir, name=opts.name, progress=opts.progress,
+                           from_json=[str(p) for p in paths])
+    else:
+        new_opts = replace(orig, tau=opts.tau, random_repeats=opts.random_repeats, out_dir=opts.out_dir,
+                           name=opts.name, progress=opts.progress, from_json=[str(p) for p in paths])
     studies = []
     for old_st in old["studies"]:
         st = {k: v for k, v in old_st.items() if k != "selectors"}
@@ -538,9 +614,13 @@ def reanalyze(opts: QualityOptions, command: str | None) -> dict:
         for c in pool:
             c.pop("scores", None)
         studies.append(analyze_study(st, selectors, new_opts))
+    if side_by_side:
+        report = dict(old, name=new_opts.name, options=asdict(replace(new_opts, from_json=[], jobs=opts.jobs)),
+                      definitions=dict(DEFINITIONS, auc_pareto=AUC_DEFINITION), studies=studies)
+        return reporting.write_outputs(_json_safe(report), new_opts)
     report = dict(old, name=new_opts.name, options=asdict(new_opts),
                   definitions=dict(DEFINITIONS, auc_pareto=AUC_DEFINITION), studies=studies,
-                  reanalysis={"from": str(path), "command": command or " ".join(sys.argv),
+                  reanalysis={"from": [str(p) for p in paths], "command": command or " ".join(sys.argv),
                               "seconds": time.perf_counter() - t0,
                               "note": "metrics recomputed from the stored oracle qualities and selector scores; "
                                       "wall_seconds / cpu_seconds are the original run's"})

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from transformers import set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from ..errors import HfKlasError
@@ -24,6 +25,9 @@ def build_trainer(model, args, train_dataset, eval_dataset=None, *, mode: str = 
     (:func:`prepare_causal_lm_dataset` / :func:`prepare_image_dataset`). ``quiet``: no progress bar and no printed
     metrics (for callers that run many short trainings under one progress bar of their own)."""
     if prepare:
+        # LoRA's matrices are drawn from the global RNG: seed it with args.seed (as Trainer does for model_init),
+        # so a training is a function of its arguments, not of what the process ran before.
+        set_seed(args.seed)
         kw = {}
         if mode == "lora" and lora_config is None:
             kw = {"r": lora_r, "alpha": lora_alpha, "dropout": lora_dropout, "target_modules": lora_target_modules}

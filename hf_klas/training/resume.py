@@ -76,7 +76,8 @@ def _part_summary_dict(d: dict) -> dict:
 
 def _fmt(info: dict) -> str:
     if info.get("kind") == "stitched":
-        return ("LoRA-adapted " if info.get("peft") else "") + (f"stitch front_blocks={info['front_blocks']}, back_start={info['back_start']} of "
+        lora = "LoRA-adapted " if info.get("peft") else ""
+        return lora + (f"stitch front_blocks={info['front_blocks']}, back_start={info['back_start']} of "
                 f"{info['front'].get('model_type')}(hidden {info['front'].get('hidden_size')}, "
                 f"{info['front'].get('num_hidden_layers')} blocks) -> {info['back'].get('model_type')}(hidden "
                 f"{info['back'].get('hidden_size')}, {info['back'].get('num_hidden_layers')} blocks)")

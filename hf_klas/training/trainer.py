@@ -125,3 +125,4 @@ class StitchTrainer(Trainer):
             check_checkpoint_matches(checkpoint, self.model)
         return super().train(resume_from_checkpoint=checkpoint, trial=trial,
                              ignore_keys_for_eval=ignore_keys_for_eval, **kwargs)
+

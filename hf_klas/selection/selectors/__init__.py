@@ -31,8 +31,8 @@ from .snnet import SNNetSelector, nearest_window
 from .theta import ThetaSelector
 
 SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (KlasSelector, ThetaSelector, SNNetSelector, CKASelector, MSESelector, CESelector, RandomSelector,
-                              BlockInfluenceSelector, LSReplacementSelector)
+    cls.name: cls for cls in (KlasSelector, ThetaSelector, SNNetSelector, CKASelector, MSESelector, CESelector,
+                              RandomSelector, BlockInfluenceSelector, LSReplacementSelector)
 }
 
 
@@ -53,6 +53,7 @@ def get_selector(name: str, config: SelectorConfig | None = None, **options) -> 
     return selector_class(name)(config, **options)
 
 
-__all__ = ["SELECTORS", "DEFAULT_METHOD", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector", "selector_class", "nearest_window",
+__all__ = ["SELECTORS", "DEFAULT_METHOD", "DEFAULT_SEQ_LEN", "Selector", "SelectorConfig", "get_selector",
+           "selector_class", "nearest_window",
            "valid_mask", "KlasSelector", "SNNetSelector", "CKASelector", "MSESelector", "CESelector",
            "RandomSelector", "BlockInfluenceSelector", "LSReplacementSelector", "ThetaSelector"]

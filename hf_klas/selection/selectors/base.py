@@ -31,7 +31,6 @@ from ..distributed import process_state
 from ..plan import AnchorDescriptor, StitchPlan
 from ..scoring import bucket_edges, candidate_set
 
-
 #: ``SelectorConfig.dtype`` -> what ``from_pretrained(dtype=...)`` takes
 LOAD_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
