@@ -1,9 +1,9 @@
 """``hf-klas demo``: the whole job, offline, on real pretrained weights -- stitches that fill the gap between
 two anchors on the accuracy/FLOPs curve.
 
-(a) ViT: anchor selection over the Fashion-MNIST zoo (lowest final-output KL), stitch selection for the chosen
-    pair, least-squares stitches for candidates spread strictly between the anchors' FLOPs, each finetuned the
-    way a user would (``mode="full"``: the back blocks adapt, anchors at 0.1x the stitch's learning rate), top-1
+(a) ViT: the anchor ranking over the Fashion-MNIST zoo (lowest final-output KL), the pair of its cheapest and
+    dearest anchors (``--vit_pair``; ``auto``: the ranking's first), stitch selection for the pair, least-squares stitches for candidates spread strictly between the anchors' FLOPs, each finetuned the
+    way a user would (``mode="full"``: the back blocks adapt, every weight at the same learning rate), top-1
     accuracy, and the Pareto front against the anchors (AUC with the stitches vs the anchors alone).
 (b) LLM: SmolLM2-135M-Instruct self-stitched to a FLOPs budget (depth pruning with a learned bridge), LoRA-
     finetuned on the frozen Debian description -> synopsis task, next to the anchor finetuned with the same
@@ -69,19 +69,28 @@ class DemoOptions:
         "help": "Stitch selector for both halves (the evidence-based default; 'klas' is the paper's Γ)."})
     skip_vit: bool = field(default=False, metadata={"help": "Skip the ViT half."})
     skip_llm: bool = field(default=False, metadata={"help": "Skip the LLM half."})
+    vit_pair: str = field(default="vit-fmnist-tiny:vit-fmnist-base", metadata={
+        "help": "front:back anchors of the ViT half (default: the zoo's cheapest and dearest, the whole FLOPs "
+                "range, as SN-Net stitches its smallest and largest anchors), or 'auto': KLAS's anchor selection "
+                "(lowest final-output KL; on this zoo that is the closest pair, tiny -> small). The anchor "
+                "ranking is reported either way."})
     vit_stitches: int | None = field(default=None, metadata={
         "help": "Stitches to finetune, spread over the FLOPs range strictly between the anchors (default 6; "
                 "quick 3)."})
     vit_finetune_steps: int | None = field(default=None, metadata={
-        "help": "Finetuning steps per stitch, batch 64 (default 300; quick 60)."})
+        "help": "Finetuning steps per stitch, batch 64 (default 600; quick 60)."})
+    vit_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the stitches' finetuning."})
+    vit_anchor_lr_scale: float = field(default=1.0, metadata={
+        "help": "The anchors' blocks train at this fraction of vit_lr (1: the back blocks adapt as fast as the "
+                "stitch, which a few hundred steps need; SN-Net's long runs use 0.1)."})
     vit_test_images: int | None = field(default=None, metadata={
         "help": "Test images for accuracy (default 5000; quick 1000)."})
     llm_budget: float = field(default=0.9, metadata={
         "help": "FLOPs budget for the SmolLM2 self-stitch, as a fraction of the full model (or absolute FLOPs)."})
     llm_finetune_steps: int | None = field(default=None, metadata={
-        "help": "LoRA steps for the SmolLM2 stitch and, with the same recipe, the anchor (default 40; quick 4)."})
+        "help": "LoRA steps for the SmolLM2 stitch and, with the same recipe, the anchor (default 30; quick 4)."})
     llm_eval_examples: int | None = field(default=None, metadata={
-        "help": "Debian test examples for ROUGE/perplexity (default 48; quick 8)."})
+        "help": "Debian test examples for ROUGE/perplexity (default 32; quick 8)."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
     verbose: bool = field(default=False, metadata={
         "help": "Print everything the libraries say (by default it goes to <out_dir>/demo.log)."})
@@ -91,13 +100,13 @@ def _sizes(opts: DemoOptions) -> dict:
     q = opts.quick
     return {
         "vit_stitches": opts.vit_stitches or (3 if q else 6),
-        "vit_finetune_steps": opts.vit_finetune_steps or (60 if q else 300),
+        "vit_finetune_steps": opts.vit_finetune_steps or (60 if q else 600),
         "vit_batch": 64,
         "vit_test_images": opts.vit_test_images or (1000 if q else 5000),
         "vit_calibration_images": 256,
-        "llm_finetune_steps": opts.llm_finetune_steps or (4 if q else 40),
-        "llm_eval_examples": opts.llm_eval_examples or (8 if q else 48),
-        "llm_calibration_samples": 8 if q else 48,
+        "llm_finetune_steps": opts.llm_finetune_steps or (4 if q else 30),
+        "llm_eval_examples": opts.llm_eval_examples or (8 if q else 32),
+        "llm_calibration_samples": 8 if q else 32,
         "llm_train_examples": 64 if q else 320,
     }
 
@@ -139,7 +148,15 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     train = prepare_image_dataset(with_pixel_values(train), num_labels=10)
 
     ranking = select_anchors(list(anchors.values()), calibration=calibration, progress=False)
-    front_name, back_name = ranking[0]["front"], ranking[0]["back"]
+    for r in ranking:  # aliases, not the shipped folders' paths
+        r["front"], r["back"] = VIT_ZOO[r["front_index"]], VIT_ZOO[r["back_index"]]
+    if opts.vit_pair == "auto":
+        front_name, back_name = ranking[0]["front"], ranking[0]["back"]
+    else:
+        front_name, _, back_name = opts.vit_pair.partition(":")
+        if front_name not in anchors or back_name not in anchors or front_name == back_name:
+            raise HfKlasError(f"vit_pair {opts.vit_pair!r} does not name two different zoo anchors.",
+                              f"Use 'auto' or front:back with two of {', '.join(VIT_ZOO)}.")
     front, back = anchors[front_name], anchors[back_name]
     plan, info = compute_plan(front, back, calibration=calibration, method=opts.method, progress=False, cache=False)
     plan.save(out / "vit_plan", overwrite=opts.overwrite)
@@ -163,8 +180,8 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
                                            calibration=calibration, progress=False)
         acc0 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(model, _training_args(tmp, steps, lr=1e-3, batch=batch, seed=opts.seed), train,
-                                    mode="full", anchor_lr_scale=0.1, quiet=True)
+            trainer = build_trainer(model, _training_args(tmp, steps, lr=opts.vit_lr, batch=batch, seed=opts.seed),
+                                    train, mode="full", anchor_lr_scale=opts.vit_anchor_lr_scale, quiet=True)
             trainer.train()
         model.eval()
         acc1 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
@@ -184,12 +201,13 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
                 title=f"{front_name} -> {back_name}: accuracy vs FLOPs")
     cheaper = min(anchors_only, key=lambda p: p.flops)
     above = [r["model"] for r in rows if r["kind"] == "stitch" and r["accuracy"] > cheaper.metric]
-    return {"anchor_ranking": ranking, "pair": [front_name, back_name], "method": plan.method,
+    return {"anchor_ranking": ranking, "pair": [front_name, back_name], "pair_rule": opts.vit_pair,
+            "method": plan.method,
             "plan_seconds": info.get("seconds"), "rows": rows, "auc": table.get("auc"),
             "auc_anchors_only": front_auc(anchors_only, lo, hi),
             "stitches_above_cheaper_anchor": above, "test_images": n_test,
-            "finetune": {"mode": "full", "steps": steps, "batch": batch, "learning_rate": 1e-3,
-                         "anchor_lr_scale": 0.1, "train_images": len(train)}}
+            "finetune": {"mode": "full", "steps": steps, "batch": batch, "learning_rate": opts.vit_lr,
+                         "anchor_lr_scale": opts.vit_anchor_lr_scale, "train_images": len(train)}}
 
 
 # --- (b) LLM -------------------------------------------------------------------------------------------------
@@ -263,7 +281,11 @@ def _summary_md(report: dict) -> str:
     if vit:
         ft = vit["finetune"]
         lines += [f"## ViT (Fashion-MNIST zoo): {vit['pair'][0]} -> {vit['pair'][1]}", "",
-                  f"Anchor selection (lowest final-output KL) chose the pair; selector `{vit['method']}` picked the "
+                  (f"Anchor selection (lowest final-output KL) chose the pair" if vit["pair_rule"] == "auto" else
+                   f"The pair comes from `--vit_pair` (default: the zoo's cheapest and dearest anchors, its whole "
+                   f"FLOPs range; anchor selection's lowest-KL pair would be {vit['anchor_ranking'][0]['front']} -> "
+                   f"{vit['anchor_ranking'][0]['back']})")
+                  + f"; selector `{vit['method']}` picked the "
                   f"candidates, {len([r for r in vit['rows'] if r['kind'] == 'stitch'])} of them spread strictly "
                   f"between the anchors' FLOPs. Each stitch: least-squares init, then {ft['steps']} steps of "
                   f"{ft['mode']} finetuning (batch {ft['batch']}, lr {ft['learning_rate']:g}, anchors at "
