@@ -2,7 +2,8 @@
 two anchors on the accuracy/FLOPs curve.
 
 (a) ViT: the anchor ranking over the Fashion-MNIST zoo (lowest final-output KL), the pair of its cheapest and
-    dearest anchors (``--vit_pair``; ``auto``: the ranking's first), stitch selection for the pair, least-squares stitches for candidates spread strictly between the anchors' FLOPs, each finetuned the
+    dearest anchors (``--vit_pair``; ``auto``: the ranking's first), stitch selection for the pair,
+    least-squares stitches for candidates spread strictly between the anchors' FLOPs, each finetuned the
     way a user would (``mode="full"``: the back blocks adapt, every weight at the same learning rate), top-1
     accuracy, and the Pareto front against the anchors (AUC with the stitches vs the anchors alone).
 (b) LLM: SmolLM2-135M-Instruct self-stitched to a FLOPs budget (depth pruning with a learned bridge), LoRA-
@@ -281,7 +282,7 @@ def _summary_md(report: dict) -> str:
     if vit:
         ft = vit["finetune"]
         lines += [f"## ViT (Fashion-MNIST zoo): {vit['pair'][0]} -> {vit['pair'][1]}", "",
-                  (f"Anchor selection (lowest final-output KL) chose the pair" if vit["pair_rule"] == "auto" else
+                  ("Anchor selection (lowest final-output KL) chose the pair" if vit["pair_rule"] == "auto" else
                    f"The pair comes from `--vit_pair` (default: the zoo's cheapest and dearest anchors, its whole "
                    f"FLOPs range; anchor selection's lowest-KL pair would be {vit['anchor_ranking'][0]['front']} -> "
                    f"{vit['anchor_ranking'][0]['back']})")
