@@ -232,7 +232,7 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
     assert "| selector |" in md and "klas:logit_lens" in md and "recovery" in md and "## Verdict" in md
     # the default ran vit and lm side by side in two processes; one study in this process gives the same numbers
     assert report["jobs"] == 2 and "side by side in 2 processes" in md
-    assert "===== --studies lm =====" in (tmp_path / "sq.log").read_text()
+    assert "===== process1 =====" in (tmp_path / "sq.log").read_text()
     alone = script.main(["--quick", "--studies", "lm", "--jobs", "1", "--lm_anchor", lm, "--out_dir",
                          str(tmp_path / "alone"), "--name", "sq", "--progress", "false"])
     assert alone["studies"] == {k: v for k, v in summary["studies"].items() if k.startswith(Path(lm).name)}

@@ -65,7 +65,7 @@ class QualityOptions:
                 "lm_selector_texts of them."})
     lm_selector_texts: int = field(default=16, metadata={"help": "Calibration texts of the selectors."})
     lm_max_length: int = field(default=160, metadata={"help": "Tokens per text (truncation)."})
-    lm_description_chars: int = field(default=400, metadata={
+    lm_description_chars: int = field(default=250, metadata={
         "help": "Debian descriptions are cut to this many characters (every LM text of the study), so prompt + "
                 "synopsis fit lm_max_length and the LoRA oracle trains on the synopsis."})
     lm_rouge_texts: int = field(default=16, metadata={
@@ -87,6 +87,10 @@ class QualityOptions:
         "help": "Debian training packages (prompt + synopsis) the LoRA oracle finetunes on."})
     lm_selectors: list[str] = field(default_factory=lambda: list(LM_SELECTORS), metadata={
         "help": "Selectors for self-stitching: method[:probe][@option=value,...]."})
+    lm_parts: list[str] = field(default_factory=lambda: ["all"], metadata={
+        "help": "Which parts of the LM study this call computes: all (every part, then the report), or some of "
+                "free (training-free oracle), selectors, lora@SEED (the LoRA oracle of one seed) -- stored in "
+                "parts_dir, no report; a later call with all assembles them. How --jobs 2 shares the work."})
     # ---- shared ---------------------------------------------------------------------------------------------
     tuned_lens_steps: int = field(default=20, metadata={"help": "Training steps of the tuned-lens probes."})
     num_buckets: int = field(default=10, metadata={"help": "Equal-width FLOPs buckets of the pool."})
@@ -96,9 +100,18 @@ class QualityOptions:
     ridge: float = field(default=1e-4, metadata={"help": "Relative ridge of the least-squares stitch init."})
     threads: int = field(default=1, metadata={"help": "torch CPU threads per study process (0: leave as is)."})
     jobs: int = field(default=2, metadata={
-        "help": "Processes running the studies side by side (vit and lm at once on 2 cores), combined into one "
-                "report as --from_json would; 1: one after another in this process. The numbers do not depend "
-                "on it."})
+        "help": "2: two processes share the work (one runs vit then the LoRA oracle of every other seed, the other "
+                "the LM training-free oracle, the selectors and the remaining seeds; with lm alone, the seeds are "
+                "split the same way), combined into one report as --from_json would; 1: everything one after "
+                "another in this process. Each piece is seeded and runs alone in its process, so the numbers do "
+                "not depend on it."})
+    resume: bool = field(default=True, metadata={
+        "help": "Reuse the LM study's parts that an earlier call with the same options stored in parts_dir (an "
+                "interrupted run continues where it stopped; each configuration is stored once measured); false: "
+                "delete them and start over. Deleted anyway once the report is written."})
+    parts_dir: str = field(default="", metadata={
+        "help": "Where the LM study's parts are stored while it runs ('' = <out_dir>/<name>.parts), one directory "
+                "per hash of the options and versions that decide them."})
     use_cache: bool = field(default=False, metadata={
         "help": "Reuse cached selection plans (timings then measure the cache, not the selector)."})
     progress: bool = field(default=True, metadata={"help": "Show one progress bar per stage."})
@@ -126,6 +139,18 @@ class QualityOptions:
                                   "Pass e.g. vit-fmnist-tiny:vit-fmnist-small.")
         if not self.vit_seeds or not self.lm_lora_seeds:
             raise HfKlasError("vit_seeds / lm_lora_seeds is empty.", "Pass at least one seed.")
+        bad_parts = [p for p in self.lm_parts if p not in ("all", "free", "selectors")
+                     and not (p.startswith("lora@") and p[5:].lstrip("-").isdigit())]
+        if bad_parts or not self.lm_parts or ("all" in self.lm_parts and len(self.lm_parts) > 1):
+            raise HfKlasError(f"lm_parts={self.lm_parts}.",
+                              "Use all, or some of free, selectors, lora@SEED (e.g. --lm_parts free lora@0).")
+        if self.lm_parts != ["all"] and (self.studies != ["lm"] or self.from_json):
+            raise HfKlasError(f"lm_parts={self.lm_parts} with studies={self.studies}.",
+                              "Compute LM parts in a call of --studies lm alone (no --from_json).")
+        unknown_seeds = [p for p in self.lm_parts if p.startswith("lora@") and int(p[5:]) not in self.lm_lora_seeds]
+        if unknown_seeds:
+            raise HfKlasError(f"lm_parts {unknown_seeds} name seeds not in lm_lora_seeds={self.lm_lora_seeds}.",
+                              "Name seeds of --lm_lora_seeds.")
         if self.jobs < 1:
             raise HfKlasError(f"jobs={self.jobs}.", "Use jobs >= 1 (1: the studies run one after another).")
         if self.num_buckets < 1 or self.random_repeats < 1 or self.tau < 0:
@@ -177,5 +202,5 @@ def quick(opts: QualityOptions) -> QualityOptions:
         lm_eval_texts=2, lm_calibration_texts=4, lm_rouge_texts=min(opts.lm_rouge_texts, 2), lm_max_new_tokens=4,
         lm_selector_texts=2, lm_max_length=64, lm_description_chars=80, lm_max_configs=5,
         lm_lora_buckets=min(opts.lm_lora_buckets, 1),
-        lm_lora_stride=1, lm_lora_seeds=opts.lm_lora_seeds[:1], lm_lora_steps=1, lm_train_texts=4,
+        lm_lora_stride=1, lm_lora_seeds=opts.lm_lora_seeds[:2], lm_lora_steps=1, lm_train_texts=4,
         tuned_lens_steps=2, random_repeats=3, num_buckets=3)

@@ -6,8 +6,9 @@
 * :func:`lm_self_stitch_oracle` -- training-free, for many self-stitch configurations at once: the anchor runs once
   and every block's output is cached, so a configuration costs only its back blocks (perplexity) and, with
   prompts, a greedy generation through the anchor's own ``generate`` with the block list swapped.
-* :func:`lm_lora_oracle` -- the stitched model built as a user would (``StitchedModel.from_anchors``), LoRA-finetuned
-  per seed with hf_klas's trainer, then perplexity and ROUGE-L.
+* :func:`lm_lora_oracle` -- the stitched model built as a user would (``StitchedModel.from_anchors``, starting
+  from the training-free oracle's least-squares stitch), LoRA-finetuned per seed with hf_klas's trainer, then
+  perplexity and ROUGE-L.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from ..training.data import prepare_causal_lm_dataset
 from ..training.finetune import build_trainer
 from ..training.lora import merge_lora
 
-__all__ = ["PixelDataset", "vit_oracle", "lm_self_stitch_oracle", "lm_lora_oracle", "training_arguments"]
+__all__ = ["PixelDataset", "vit_oracle", "block_outputs", "self_stitch_fits", "lm_self_stitch_oracle",
+           "lm_lora_oracle", "training_arguments"]
 
 
 class PixelDataset(torch.utils.data.Dataset):
@@ -93,72 +95,100 @@ def _swap_blocks(model, blocks):
 
 
 @torch.no_grad()
-def lm_self_stitch_oracle(model, configs, calib_batches, eval_batches, ridge: float = 1e-4, *, tokenizer=None,
-                          prompts=None, max_new_tokens: int = 24, batch_size: int = 16, on_config=None) -> dict:
-    """Perplexity (and greedy generations) of every self-stitch configuration ``(i, j)`` with a least-squares stitch.
-
-    Same network as ``StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j,
-    calibration=calib_batches)``: the stitch ``T`` is fitted by :class:`~hf_klas.stitch_init.LeastSquaresAccumulator`
-    from the output of block ``i-1`` to the input of block ``j``; then blocks ``j..n-1``, the final norm and the
-    head run on ``T(h_i)`` (cached ``h_i``). With ``prompts``, each configuration also continues every prompt
-    greedily through the anchor's own ``generate`` with its block list swapped for ``blocks[:i] + blocks[j:]`` and
-    ``T`` applied by a pre-hook on block ``j`` (blocks keep their layer index, so the cache leaves the skipped
-    layers empty). Both checked against the built stitched model in the tests. Returns
-    ``{(i, j): {"perplexity": float, "generations": list[str] | None}}``.
-    """
-    if prompts is not None and tokenizer is None:
-        raise HfKlasError("lm_self_stitch_oracle got prompts but no tokenizer.", "Pass tokenizer= as well.")
+def block_outputs(model, batches) -> list[torch.Tensor]:
+    """Every block's output per batch (``[num_blocks + 1, B, T, d]``, index 0 = embeddings), in eval mode."""
     was_training = model.training
     model.eval()
-    d = int(model.config.hidden_size)
-    cal_h = [torch.stack(run_prefix(model, b)) for b in calib_batches]  # [P, B, T, d]
-    ev_h = [torch.stack(run_prefix(model, b)) for b in eval_batches]
-    cal_m = [b.get("attention_mask") for b in calib_batches]
-    blocks = list(find_blocks(model))
-    out = {}
+    try:
+        return [torch.stack(run_prefix(model, b)) for b in batches]
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def self_stitch_fits(hidden, batches, configs, ridge: float = 1e-4):
+    """Least-squares stitches of self-stitch configurations ``(i, j)``, yielded as ``((i, j), weight, bias)``.
+
+    ``hidden``: :func:`block_outputs` of the anchor on ``batches`` (their masks select the tokens). ``X^T X`` is
+    accumulated once per ``i`` and ``X^T Y`` per configuration -- the fit of ``StitchedModel.from_anchors(model,
+    front_blocks=i, back_start=j, calibration=batches)`` (output of block ``i-1`` -> input of block ``j``)
+    without an anchor forward per configuration.
+    """
+    d = int(hidden[0].shape[-1])
+    masks = [b.get("attention_mask") for b in batches]
     by_i: dict[int, list[int]] = {}
     for i, j in configs:
         by_i.setdefault(int(i), []).append(int(j))
+    for i, js in sorted(by_i.items()):
+        xa, keep = [], []
+        A = torch.zeros(d + 1, d + 1, dtype=torch.float64)
+        count = 0
+        for h, mask in zip(hidden, masks):
+            x = h[i].reshape(-1, d).double()
+            k = mask.reshape(-1).bool() if mask is not None else torch.ones(len(x), dtype=torch.bool)
+            x = torch.cat([x[k], torch.ones(int(k.sum()), 1, dtype=torch.float64)], 1)
+            A += x.T @ x
+            count += len(x)
+            xa.append(x)
+            keep.append(k)
+        for j in sorted(js):
+            acc = LeastSquaresAccumulator(d, d, ridge=ridge)
+            acc.A, acc.count = A, count
+            acc.B = sum(x.T @ h[j].reshape(-1, d)[k].double() for x, h, k in zip(xa, hidden, keep))
+            weight, bias = acc.solve()
+            yield (i, j), weight.float(), bias.float()
+
+
+@torch.no_grad()
+def lm_self_stitch_oracle(model, configs, calib_batches, eval_batches, ridge: float = 1e-4, *, tokenizer=None,
+                          prompts=None, max_new_tokens: int = 24, batch_size: int = 16, done=None,
+                          on_config=None) -> dict:
+    """Perplexity (and greedy generations) of every self-stitch configuration ``(i, j)`` with a least-squares stitch.
+
+    Same network as ``StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j,
+    calibration=calib_batches)``: the stitch ``T`` is fitted by :func:`self_stitch_fits` from the output of block
+    ``i-1`` to the input of block ``j``; then blocks ``j..n-1``, the final norm and the head run on ``T(h_i)``
+    (cached ``h_i``). With ``prompts``, each configuration also continues every prompt greedily through the
+    anchor's own ``generate`` with its block list swapped for ``blocks[:i] + blocks[j:]`` and ``T`` applied by a
+    pre-hook on block ``j`` (blocks keep their layer index, so the cache leaves the skipped layers empty). Both
+    checked against the built stitched model in the tests. ``done``: results already measured (not redone);
+    ``on_config(key, result)`` after each new one. Returns ``{(i, j): {"perplexity": float, "generations":
+    list[str] | None}}``.
+    """
+    if prompts is not None and tokenizer is None:
+        raise HfKlasError("lm_self_stitch_oracle got prompts but no tokenizer.", "Pass tokenizer= as well.")
+    out = dict(done or {})
+    todo = [(int(i), int(j)) for i, j in configs if (int(i), int(j)) not in out]
+    if not todo:
+        return out
+    was_training = model.training
+    model.eval()
+    blocks = list(find_blocks(model))
     try:
-        for i, js in sorted(by_i.items()):
-            xa, keep = [], []
-            A = torch.zeros(d + 1, d + 1, dtype=torch.float64)
-            count = 0
-            for h, mask in zip(cal_h, cal_m):
-                x = h[i].reshape(-1, d).double()
-                k = mask.reshape(-1).bool() if mask is not None else torch.ones(len(x), dtype=torch.bool)
-                x = torch.cat([x[k], torch.ones(int(k.sum()), 1, dtype=torch.float64)], 1)
-                A += x.T @ x
-                count += len(x)
-                xa.append(x)
-                keep.append(k)
-            for j in sorted(js):
-                acc = LeastSquaresAccumulator(d, d, ridge=ridge)
-                acc.A, acc.count = A, count
-                acc.B = sum(x.T @ h[j].reshape(-1, d)[k].double() for x, h, k in zip(xa, cal_h, keep))
-                weight, bias = acc.solve()
-                weight, bias = weight.float(), bias.float()
-                parent, attr, old = _swap_blocks(model, blocks[j:])
-                nll, tokens = 0.0, 0
-                try:
-                    for h, b in zip(ev_h, eval_batches):
-                        emb = h[i] @ weight.T + bias
-                        mask = b.get("attention_mask")
-                        logits = model(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
-                        ids = b["input_ids"]
-                        labels = (ids.masked_fill(mask == 0, -100) if mask is not None else ids)[:, 1:]
-                        nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                     labels.reshape(-1), ignore_index=-100, reduction="sum"))
-                        tokens += int((labels != -100).sum())
-                finally:
-                    setattr(parent, attr, old)
-                gens = None
-                if prompts is not None:
-                    gens = _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts,
-                                                   max_new_tokens, batch_size)
-                out[(i, j)] = {"perplexity": math.exp(nll / tokens), "generations": gens}
-                if on_config is not None:
-                    on_config((i, j))
+        cal_h = block_outputs(model, calib_batches)
+        ev_h = block_outputs(model, eval_batches)
+        for (i, j), weight, bias in self_stitch_fits(cal_h, calib_batches, todo, ridge=ridge):
+            parent, attr, old = _swap_blocks(model, blocks[j:])
+            nll, tokens = 0.0, 0
+            try:
+                for h, b in zip(ev_h, eval_batches):
+                    emb = h[i] @ weight.T + bias
+                    mask = b.get("attention_mask")
+                    logits = model(inputs_embeds=emb, attention_mask=mask, use_cache=False).logits
+                    ids = b["input_ids"]
+                    labels = (ids.masked_fill(mask == 0, -100) if mask is not None else ids)[:, 1:]
+                    nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                                 labels.reshape(-1), ignore_index=-100, reduction="sum"))
+                    tokens += int((labels != -100).sum())
+            finally:
+                setattr(parent, attr, old)
+            gens = None
+            if prompts is not None:
+                gens = _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompts,
+                                               max_new_tokens, batch_size)
+            out[(i, j)] = {"perplexity": math.exp(nll / tokens), "generations": gens}
+            if on_config is not None:
+                on_config((i, j), out[(i, j)])
     finally:
         model.train(was_training)
     return out
@@ -184,34 +214,45 @@ def _generate_self_stitched(model, blocks, i, j, weight, bias, tokenizer, prompt
         setattr(parent, attr, old)
 
 
-def lm_lora_oracle(anchor, configs, *, tokenizer, calibration, train, eval_texts, rouge_prompts, rouge_refs,
-                   rouge, seeds, steps: int, batch: int, lr: float, r: int, max_length: int, max_new_tokens: int,
-                   ridge: float, on_run=None) -> dict:
-    """``{(i, j): {"perplexity": [per seed], "rougeL": [per seed]}}``: each configuration built from the anchor
-    (least-squares stitch on ``calibration``), LoRA-finetuned per seed on ``train`` (prompt + synopsis, prompt
-    tokens without loss) with hf_klas's trainer, merged, then measured."""
+def lm_lora_oracle(anchor, fits: dict, *, tokenizer, train, eval_texts, rouge_prompts, rouge_refs, rouge, seeds,
+                   steps: int, batch: int, lr: float, r: int, max_length: int, max_new_tokens: int, ridge: float,
+                   done=None, on_run=None) -> dict:
+    """``{(i, j, seed): {"perplexity": float, "rougeL": float}}``: each configuration of ``fits`` (``{(i, j):
+    (weight, bias)}`` from :func:`self_stitch_fits`: the training-free oracle's least-squares stitch) built from
+    the anchor, LoRA-finetuned per seed on ``train`` (prompt + synopsis, prompt tokens without loss) with hf_klas's
+    trainer as ``hf-klas finetune --mode lora`` does, merged, then measured. ``done``: runs already measured (not
+    redone); ``on_run(key, result)`` after each new one."""
+    out = dict(done or {})
+    todo = [(i, j, seed) for (i, j) in fits for seed in seeds if (i, j, seed) not in out]
+    if not todo:
+        return out
     data = prepare_causal_lm_dataset(train, tokenizer, prompt_column="prompt", target_column="target",
                                      max_length=max_length)
-    out = {}
     with tempfile.TemporaryDirectory(prefix="hf_klas_study_lm_") as tmp:
-        for i, j in configs:
-            init = StitchedModel.from_anchors(anchor, front_blocks=i, back_start=j, calibration=calibration,
-                                              ridge=ridge, progress=False)
-            res = {"perplexity": [], "rougeL": []}
-            for seed in seeds:
+        for (i, j), (weight, bias) in fits.items():
+            seeds_left = [s for s in seeds if (i, j, s) not in out]
+            if not seeds_left:
+                continue
+            init = StitchedModel.from_anchors(anchor, front_blocks=i, back_start=j, stitch_init="identity",
+                                              progress=False)
+            with torch.no_grad():
+                init.stitch.weight.copy_(weight)
+                init.stitch.bias.copy_(bias)
+            init.config.recipe.update(stitch_init="least_squares", ridge=ridge)
+            for seed in seeds_left:
                 trainer = build_trainer(copy.deepcopy(init), training_arguments(tmp, steps, batch, lr, seed), data,
                                         mode="lora", lora_r=r, processing_class=tokenizer, quiet=True)
                 trainer.train()
                 model = merge_lora(trainer.model).eval()
-                res["perplexity"].append(perplexity(model, tokenizer, eval_texts, max_length=max_length,
-                                                    batch_size=8, progress=False))
+                res = {"perplexity": perplexity(model, tokenizer, eval_texts, max_length=max_length, batch_size=8,
+                                                progress=False)}
                 preds = first_lines(generate_texts(model, tokenizer, rouge_prompts, max_new_tokens=max_new_tokens,
                                                    batch_size=16, progress=False))
                 scores = rouge.compute(predictions=preds, references=rouge_refs, use_aggregator=False)
-                res["rougeL"].append(float(np.mean(scores["rougeL"])))
+                res["rougeL"] = float(np.mean(scores["rougeL"]))
+                out[(i, j, seed)] = res
                 del trainer, model
                 if on_run is not None:
-                    on_run((i, j, seed))
-            out[(i, j)] = res
+                    on_run((i, j, seed), res)
             del init
     return out

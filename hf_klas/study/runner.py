@@ -52,7 +52,8 @@ from ..selection.selectors.base import grids, valid_mask
 from ..version import __version__
 from . import report as reporting
 from .options import QualityOptions, parse_selector, quick
-from .oracles import PixelDataset, lm_lora_oracle, lm_self_stitch_oracle, vit_oracle
+from .oracles import PixelDataset, block_outputs, lm_lora_oracle, lm_self_stitch_oracle, self_stitch_fits, vit_oracle
+from .parts import PartStore, pair_key, parse_pair_key
 from .statistics import AUC_DEFINITION, DEFINITIONS, analyze_selector
 
 __all__ = ["run_quality", "cli_options"]
@@ -268,158 +269,291 @@ def _subset(n: int, max_configs: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n, size=max_configs, replace=False).tolist())
 
 
-def lm_studies(opts: QualityOptions, bar_factory) -> tuple[list[dict], dict]:
-    """SmolLM2 self-stitching: training-free oracle (perplexity, ROUGE-L) over the pool, LoRA oracle over a
-    grid in three FLOPs buckets; one selector pass. Returns the studies and a record of the data used."""
-    t_start = time.perf_counter()
-    anchor = resolve_anchor(opts.lm_anchor)
-    tok = anchor.load_preprocessor()
-    if tok is None:
-        raise HfKlasError(f"The LM anchor {opts.lm_anchor} has no tokenizer.", "Save the tokenizer with it.")
-    cut = opts.lm_description_chars
-    train_all = load_debian_descriptions("train", max_description_chars=cut).shuffle(seed=opts.subset_seed)
-    test_all = load_debian_descriptions("test", max_description_chars=cut).shuffle(seed=opts.subset_seed)
-    cal_ds = train_all.select(range(min(opts.lm_calibration_texts, len(train_all))))
-    lora_train = train_all.select(range(len(cal_ds), min(len(cal_ds) + opts.lm_train_texts, len(train_all))))
-    eval_ds = test_all.select(range(min(opts.lm_eval_texts, len(test_all))))
-    rouge_ds = test_all.select(range(min(opts.lm_rouge_texts, len(test_all))))
-    cal_texts = [p + " " + t for p, t in zip(cal_ds["prompt"], cal_ds["target"])]
-    eval_texts = [p + " " + t for p, t in zip(eval_ds["prompt"], eval_ds["target"])]
-    prompts, refs = list(rouge_ds["prompt"]), list(rouge_ds["target"])
-    manifest = json.loads(FROZEN_MANIFEST.read_text())
-    record = {"dataset": f"debian_descriptions {manifest['version']} (frozen, sha256 {manifest['sha256'][:16]}...), "
-                         f"descriptions cut to {cut} characters",
-              "calibration_packages": list(cal_ds["package"]), "lora_train_packages": list(lora_train["package"]),
-              "eval_packages": list(eval_ds["package"]), "rouge_packages": list(rouge_ds["package"])}
+LM_PARTS_HELP = "free (training-free oracle), selectors, lora@SEED (the LoRA oracle of one seed)"
 
-    flops_grid, _, a_flops = grids(anchor.config, anchor.config, DEFAULT_SEQ_LEN, same=True)
-    flops_grid = flops_grid.numpy()
-    m = n = int(anchor.config.num_hidden_layers)
-    valid = valid_mask(m, n, True).numpy()
-    eligible = [(i, j) for i in range(1, m + 1) for j in range(n)
-                if valid[i - 1, j] and opts.lm_min_skip <= j - i <= opts.lm_max_skip]
-    if not eligible:
-        raise HfKlasError(f"No self-stitch configuration skips {opts.lm_min_skip}..{opts.lm_max_skip} blocks of a "
-                          f"{n}-block model.", "Lower lm_min_skip / lm_max_skip.")
-    chosen = [eligible[k] for k in _subset(len(eligible), opts.lm_max_configs, opts.subset_seed)]
-    lo, hi = float(min(flops_grid[i - 1, j] for i, j in chosen)), float(a_flops[1])
-    edges = bucket_edges(lo, hi, opts.num_buckets)
-    bucket_of = {(i, j): int(assign_buckets(torch.tensor([float(flops_grid[i - 1, j])], dtype=torch.float64),
-                                            edges)[0]) for i, j in chosen}
-    # the LoRA grid: stitches after every k-th block, in the cheapest, a middle and the dearest bucket
-    by_bucket: dict[int, list] = {}
-    for i, j in chosen:
-        if i % opts.lm_lora_stride == 0:
-            by_bucket.setdefault(bucket_of[(i, j)], []).append((i, j))
-    nonempty = sorted(b for b, cs in by_bucket.items() if len(cs) > 1)
-    picked = sorted({nonempty[round(x * (len(nonempty) - 1) / max(opts.lm_lora_buckets - 1, 1))]
-                     for x in range(opts.lm_lora_buckets)}) if nonempty and opts.lm_lora_buckets else []
-    lora_configs = [c for b in picked for c in by_bucket[b]]
 
-    model = anchor.load_full(dtype=torch.float32).eval()
-    cal_b = calibration_batches(cal_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
-    ev_b = calibration_batches(eval_texts, anchor.config, tok, batch_size=8, max_length=opts.lm_max_length)
-    rouge = load_rouge()
+def lm_part_names(opts: QualityOptions) -> list[str]:
+    """Every part of the LM study, in the order one process computes them."""
+    return ["free", "selectors"] + [f"lora@{s}" for s in opts.lm_lora_seeds]
 
-    def rouge_l(preds) -> float:  # mean per-example F (no bootstrap: cheap and deterministic)
-        return float(np.mean(rouge.compute(predictions=first_lines(preds), references=refs,
-                                           use_aggregator=False)["rougeL"]))
 
-    anchor_ppl = perplexity(model, tok, eval_texts, max_length=opts.lm_max_length, batch_size=8, progress=False)
-    anchor_rouge = rouge_l(generate_texts(model, tok, prompts, max_new_tokens=opts.lm_max_new_tokens, batch_size=16,
-                                          progress=False)) if prompts else None
-    bar = bar_factory(len(chosen), "LM oracle: least-squares stitches, perplexity + generation")
-    t_oracle = time.perf_counter()
-    res = lm_self_stitch_oracle(model, chosen, cal_b, ev_b, ridge=opts.ridge, tokenizer=tok,
-                                prompts=prompts or None, max_new_tokens=opts.lm_max_new_tokens,
-                                on_config=lambda _c: bar.update())
-    free_seconds = time.perf_counter() - t_oracle
-    bar.close()
-    del model
-    bar = bar_factory(len(lora_configs) * len(opts.lm_lora_seeds), "LM oracle: LoRA-finetuned stitches")
-    t_lora = time.perf_counter()
-    lora = lm_lora_oracle(anchor, lora_configs, tokenizer=tok, calibration=cal_texts, train=lora_train,
-                          eval_texts=eval_texts, rouge_prompts=prompts, rouge_refs=refs, rouge=rouge,
-                          seeds=opts.lm_lora_seeds, steps=opts.lm_lora_steps, batch=opts.lm_lora_batch_size,
-                          lr=opts.lm_lora_lr, r=opts.lm_lora_r, max_length=opts.lm_max_length,
-                          max_new_tokens=opts.lm_max_new_tokens, ridge=opts.ridge,
-                          on_run=lambda _r: bar.update()) if prompts else {}
-    lora_seconds = time.perf_counter() - t_lora
-    bar.close()
+def lm_store(opts: QualityOptions, anchor) -> PartStore:
+    """Where this LM study's parts go: keyed by every option and version that decides their numbers."""
+    import transformers
 
-    pool = [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "skip": j - i,
-             "flops": float(flops_grid[i - 1, j]), "bucket": bucket_of[(i, j)]} for i, j in chosen]
-    bar = bar_factory(len(opts.lm_selectors), "LM selectors")
-    t_sel = time.perf_counter()
-    selectors = run_selectors(opts.lm_selectors, anchor, None, cal_texts, opts, pool,
-                              compute_kw=dict(max_samples=opts.lm_selector_texts, max_length=opts.lm_max_length,
-                                              batch_size=8), flops_grid=flops_grid, bar=bar)
-    bar.close()
-    base = {"kind": "lm_self_stitch", "front": opts.lm_anchor, "back": opts.lm_anchor,
-            "flops_unit": f"per sequence of {DEFAULT_SEQ_LEN} tokens", "flops_range": [lo, hi], "bucket_edges": edges,
-            "selector_calibration": f"the first {opts.lm_selector_texts} of the {len(cal_texts)} calibration texts",
-            "selection_seconds": time.perf_counter() - t_sel, "seconds": time.perf_counter() - t_start}
-    grid = [m, n]
-    ntok = int(sum(int(b["attention_mask"].sum()) for b in cal_b))
-    free_text = (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks, "
-                 + (f"a seeded random {len(chosen)} of {len(eligible)}" if len(chosen) < len(eligible)
-                    else f"all {len(chosen)}")
-                 + f"; NOT finetuned: the least-squares stitch (fit on {len(cal_texts)} Debian descriptions, "
-                 f"{ntok} tokens)")
-    skips = sorted({j - i for i, j in lora_configs})
-    lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (front_blocks a multiple of "
-                 f"{opts.lm_lora_stride}) in {len(picked)} FLOPs buckets ({len(lora_configs)} configurations, "
-                 f"skipping {', '.join(map(str, skips))} blocks); least-squares init, then {opts.lm_lora_steps} "
-                 f"LoRA steps (r={opts.lm_lora_r}, lr "
-                 f"{opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer trained too) on "
-                 f"{len(lora_train)} Debian training packages (prompt + synopsis, loss on the synopsis), per seed "
-                 f"{opts.lm_lora_seeds}")
-    anchor_name = Path(opts.lm_anchor).name
-    studies = []
-    for metric, higher, anchor_value, what in (
-            ("perplexity", False, anchor_ppl, f"perplexity on {len(eval_texts)} Debian descriptions (test split)"),
-            ("rougeL", True, anchor_rouge, f"ROUGE-L (mean per-example F) of the first generated line "
-                                           f"({opts.lm_max_new_tokens} greedy tokens) on {len(refs)} test packages")):
-        if anchor_value is None:
-            continue
-        free = [dict(c, quality_per_seed=[res[(c["front_blocks"], c["back_start"])]["perplexity"] if metric ==
-                                          "perplexity" else rouge_l(res[(c["front_blocks"], c["back_start"])][
-                                              "generations"])]) for c in pool]
-        for c in free:
-            c["quality"] = c["quality_per_seed"][0]
-        studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [training-free]",
-                            protocol="training-free", metric=metric, higher_is_better=higher,
-                            anchors=[{"name": anchor_name, "flops": float(a_flops[1]), "metric": anchor_value}],
-                            oracle={"description": free_text + "; " + what, "finetuned": False, "seeds": [None],
-                                    "grid": grid, "configs": free, "seconds": free_seconds}))
-        if lora:
-            lpool = [dict(c, quality_per_seed=lora[(c["front_blocks"], c["back_start"])][metric]) for c in pool
-                     if (c["front_blocks"], c["back_start"]) in lora]
-            for c in lpool:
-                c["quality"] = float(np.mean(c["quality_per_seed"]))
-                c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(c["quality_per_seed"]) > 1 else None
-            stds = [c["quality_std"] for c in lpool if c.get("quality_std") is not None]
-            studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [LoRA]",
-                                protocol="lora", metric=metric, higher_is_better=higher,
-                                anchors=[{"name": anchor_name, "flops": float(a_flops[1]), "metric": anchor_value}],
-                                oracle={"description": lora_text + "; " + what, "finetuned": True,
-                                        "seeds": list(opts.lm_lora_seeds), "grid": grid, "configs": lpool,
-                                        "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
-                                        "quality_seed_std_max": float(np.max(stds)) if stds else None,
-                                        "seconds": lora_seconds}))
-    index = {(c["front_blocks"], c["back_start"]): k for k, c in enumerate(pool)}
+    key = {name: value for name, value in asdict(opts).items()
+           if name.startswith("lm_") and name != "lm_parts"}
+    key.update(ridge=opts.ridge, subset_seed=opts.subset_seed, tuned_lens_steps=opts.tuned_lens_steps,
+               num_buckets=opts.num_buckets, random_repeats=opts.random_repeats, hf_klas=__version__,
+               transformers=transformers.__version__, torch=torch.__version__, anchor=anchor.provenance,
+               anchor_config_sha256=hashlib.sha256(anchor.config.to_json_string().encode()).hexdigest())
+    return PartStore(Path(opts.parts_dir) if opts.parts_dir else Path(opts.out_dir) / f"{opts.name}.parts", key)
 
-    def scores_on(configs) -> dict:  # the selectors' scores restricted to a study's pool (the LoRA grid)
-        idx = [index[(c["front_blocks"], c["back_start"])] for c in configs]
-        out = copy.deepcopy(selectors)
-        for entry in out.values():
-            if "score" in entry:
-                entry["score"] = [entry["score"][k] for k in idx]
-            if "scores" in entry:
-                entry["scores"] = [[sc[k] for k in idx] for sc in entry["scores"]]
+
+class LMStudy:
+    """SmolLM2 self-stitching: training-free oracle (perplexity, ROUGE-L) over the pool, LoRA oracle over a grid in
+    three FLOPs buckets, one selector pass -- each a part stored as it grows (:mod:`hf_klas.study.parts`), so
+    :meth:`compute` can be split over processes and resumed, and :meth:`assemble` reads them back."""
+
+    def __init__(self, opts: QualityOptions):
+        self.opts = opts
+        self.anchor = resolve_anchor(opts.lm_anchor)
+        self.tok = self.anchor.load_preprocessor()
+        if self.tok is None:
+            raise HfKlasError(f"The LM anchor {opts.lm_anchor} has no tokenizer.", "Save the tokenizer with it.")
+        self.store = lm_store(opts, self.anchor)
+        if not opts.resume:
+            self.store.remove()
+        cut = opts.lm_description_chars
+        train_all = load_debian_descriptions("train", max_description_chars=cut).shuffle(seed=opts.subset_seed)
+        test_all = load_debian_descriptions("test", max_description_chars=cut).shuffle(seed=opts.subset_seed)
+        cal_ds = train_all.select(range(min(opts.lm_calibration_texts, len(train_all))))
+        self.lora_train = train_all.select(range(len(cal_ds), min(len(cal_ds) + opts.lm_train_texts,
+                                                                 len(train_all))))
+        eval_ds = test_all.select(range(min(opts.lm_eval_texts, len(test_all))))
+        rouge_ds = test_all.select(range(min(opts.lm_rouge_texts, len(test_all))))
+        self.cal_texts = [p + " " + t for p, t in zip(cal_ds["prompt"], cal_ds["target"])]
+        self.eval_texts = [p + " " + t for p, t in zip(eval_ds["prompt"], eval_ds["target"])]
+        self.prompts, self.refs = list(rouge_ds["prompt"]), list(rouge_ds["target"])
+        manifest = json.loads(FROZEN_MANIFEST.read_text())
+        self.record = {
+            "dataset": f"debian_descriptions {manifest['version']} (frozen, sha256 {manifest['sha256'][:16]}...), "
+                       f"descriptions cut to {cut} characters",
+            "calibration_packages": list(cal_ds["package"]), "lora_train_packages": list(self.lora_train["package"]),
+            "eval_packages": list(eval_ds["package"]), "rouge_packages": list(rouge_ds["package"])}
+
+        flops_grid, _, a_flops = grids(self.anchor.config, self.anchor.config, DEFAULT_SEQ_LEN, same=True)
+        self.flops_grid, self.anchor_flops = flops_grid.numpy(), float(a_flops[1])
+        m = n = int(self.anchor.config.num_hidden_layers)
+        self.grid = [m, n]
+        valid = valid_mask(m, n, True).numpy()
+        self.eligible = [(i, j) for i in range(1, m + 1) for j in range(n)
+                         if valid[i - 1, j] and opts.lm_min_skip <= j - i <= opts.lm_max_skip]
+        if not self.eligible:
+            raise HfKlasError(f"No self-stitch configuration skips {opts.lm_min_skip}..{opts.lm_max_skip} blocks of "
+                              f"a {n}-block model.", "Lower lm_min_skip / lm_max_skip.")
+        self.chosen = [self.eligible[k] for k in _subset(len(self.eligible), opts.lm_max_configs, opts.subset_seed)]
+        lo = float(min(self.flops_grid[i - 1, j] for i, j in self.chosen))
+        self.flops_range = [lo, self.anchor_flops]
+        self.edges = bucket_edges(lo, self.anchor_flops, opts.num_buckets)
+        self.bucket_of = {(i, j): int(assign_buckets(torch.tensor([float(self.flops_grid[i - 1, j])],
+                                                                  dtype=torch.float64), self.edges)[0])
+                          for i, j in self.chosen}
+        # the LoRA grid: stitches after every k-th block, in the cheapest, a middle and the dearest bucket
+        by_bucket: dict[int, list] = {}
+        for i, j in self.chosen:
+            if i % opts.lm_lora_stride == 0:
+                by_bucket.setdefault(self.bucket_of[(i, j)], []).append((i, j))
+        nonempty = sorted(b for b, cs in by_bucket.items() if len(cs) > 1)
+        self.lora_buckets = sorted({nonempty[round(x * (len(nonempty) - 1) / max(opts.lm_lora_buckets - 1, 1))]
+                                    for x in range(opts.lm_lora_buckets)}) if nonempty and opts.lm_lora_buckets else []
+        self.lora_configs = [c for b in self.lora_buckets for c in by_bucket[b]] if self.prompts else []
+        self._model = None
+        self._rouge = None
+        self._cal_batches = None
+
+    # ---- shared pieces, built on first use --------------------------------------------------------------------
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.anchor.load_full(dtype=torch.float32).eval()
+        return self._model
+
+    @property
+    def rouge(self):
+        if self._rouge is None:
+            self._rouge = load_rouge()
+        return self._rouge
+
+    def batches(self, texts) -> list[dict]:
+        return calibration_batches(texts, self.anchor.config, self.tok, batch_size=8,
+                                   max_length=self.opts.lm_max_length)
+
+    def rouge_l(self, preds) -> float:
+        """Mean per-example ROUGE-L F of the first generated lines (no bootstrap: cheap and deterministic)."""
+        return float(np.mean(self.rouge.compute(predictions=first_lines(preds), references=self.refs,
+                                                use_aggregator=False)["rougeL"]))
+
+    def pool(self) -> list[dict]:
+        return [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "skip": j - i,
+                 "flops": float(self.flops_grid[i - 1, j]), "bucket": self.bucket_of[(i, j)]} for i, j in self.chosen]
+
+    def missing(self) -> list[str]:
+        """The parts not (completely) stored yet."""
+        out = []
+        for part in lm_part_names(self.opts):
+            data = self.store.load(part)
+            if data is None or not data.get("complete"):
+                out.append(part)
         return out
 
-    return [analyze_study(st, scores_on(st["oracle"]["configs"]), opts) for st in studies], record
+    # ---- the parts --------------------------------------------------------------------------------------------
+    def compute(self, parts, bar_factory) -> None:
+        """Compute the named parts that are not stored yet (stored ones are read, partial ones continued)."""
+        for part in parts:
+            stored = self.store.load(part) or {}
+            if stored.get("complete"):
+                continue
+            if part == "free":
+                self._free(stored, bar_factory)
+            elif part == "selectors":
+                self._selectors(bar_factory)
+            else:
+                self._lora(int(part.split("@", 1)[1]), stored, bar_factory)
+
+    def _free(self, stored: dict, bar_factory) -> None:
+        opts, t0 = self.opts, time.perf_counter()
+        spent = float(stored.get("seconds", 0.0))
+        state = {"anchor": stored.get("anchor"), "results": dict(stored.get("results", {})), "complete": False}
+        if state["anchor"] is None:
+            state["anchor"] = {"perplexity": perplexity(self.model, self.tok, self.eval_texts,
+                                                        max_length=opts.lm_max_length, batch_size=8, progress=False),
+                               "rougeL": self.rouge_l(generate_texts(self.model, self.tok, self.prompts,
+                                                                     max_new_tokens=opts.lm_max_new_tokens,
+                                                                     batch_size=16, progress=False))
+                               if self.prompts else None}
+        done = {parse_pair_key(k): v for k, v in state["results"].items()}
+        bar = bar_factory(len(self.chosen), "LM oracle: least-squares stitches, perplexity + generation")
+        bar.update(len([c for c in self.chosen if c in done]))
+
+        def save(key, result):
+            state["results"][pair_key(*key)] = result
+            self.store.save("free", dict(state, seconds=spent + time.perf_counter() - t0))
+            bar.update()
+
+        lm_self_stitch_oracle(self.model, self.chosen, self.batches(self.cal_texts), self.batches(self.eval_texts),
+                              ridge=opts.ridge, tokenizer=self.tok, prompts=self.prompts or None,
+                              max_new_tokens=opts.lm_max_new_tokens, done=done, on_config=save)
+        bar.close()
+        self.store.save("free", dict(state, complete=True, seconds=spent + time.perf_counter() - t0))
+
+    def _selectors(self, bar_factory) -> None:
+        opts, t0 = self.opts, time.perf_counter()
+        bar = bar_factory(len(opts.lm_selectors), "LM selectors")
+        selectors = run_selectors(opts.lm_selectors, self.anchor, None, self.cal_texts, opts, self.pool(),
+                                  compute_kw=dict(max_samples=opts.lm_selector_texts, max_length=opts.lm_max_length,
+                                                  batch_size=8), flops_grid=self.flops_grid, bar=bar)
+        bar.close()
+        self.store.save("selectors", {"selectors": _json_safe(selectors), "complete": True,
+                                      "seconds": time.perf_counter() - t0})
+
+    def _lora(self, seed: int, stored: dict, bar_factory) -> None:
+        opts, t0 = self.opts, time.perf_counter()
+        spent = float(stored.get("seconds", 0.0))
+        state = {"results": dict(stored.get("results", {})), "complete": False}
+        done = {(*parse_pair_key(k), seed): v for k, v in state["results"].items()}
+        bar = bar_factory(len(self.lora_configs), f"LM oracle: LoRA-finetuned stitches, seed {seed}")
+        bar.update(len(done))
+        todo = [c for c in self.lora_configs if (*c, seed) not in done]
+        fits = {}
+        if todo:
+            cal_b = self.batches(self.cal_texts)
+            fits = {key: (w, b) for key, w, b in self_stitch_fits(block_outputs(self.model, cal_b), cal_b, todo,
+                                                                  ridge=opts.ridge)}
+
+        def save(key, result):
+            state["results"][pair_key(key[0], key[1])] = result
+            self.store.save(f"lora@{seed}", dict(state, seconds=spent + time.perf_counter() - t0))
+            bar.update()
+
+        lm_lora_oracle(self.anchor, fits, tokenizer=self.tok, train=self.lora_train, eval_texts=self.eval_texts,
+                       rouge_prompts=self.prompts, rouge_refs=self.refs, rouge=self.rouge, seeds=[seed],
+                       steps=opts.lm_lora_steps, batch=opts.lm_lora_batch_size, lr=opts.lm_lora_lr, r=opts.lm_lora_r,
+                       max_length=opts.lm_max_length, max_new_tokens=opts.lm_max_new_tokens, ridge=opts.ridge,
+                       done=done, on_run=save)
+        bar.close()
+        self.store.save(f"lora@{seed}", dict(state, complete=True, seconds=spent + time.perf_counter() - t0))
+
+    # ---- the studies ------------------------------------------------------------------------------------------
+    def assemble(self) -> list[dict]:
+        """The four LM studies (perplexity and ROUGE-L, training-free and LoRA) from the stored parts."""
+        opts = self.opts
+        missing = self.missing()
+        if missing:
+            raise HfKlasError(f"The LM study's parts {missing} are not stored in {self.store.dir}.",
+                              "Compute them first (run without --lm_parts, or with --lm_parts naming them).")
+        free = self.store.load("free")
+        selectors = self.store.load("selectors")
+        for entry in selectors["selectors"].values():
+            if "score" in entry:
+                entry["score"] = [math.nan if x is None else x for x in entry["score"]]
+            if "scores" in entry:
+                entry["scores"] = [[math.nan if x is None else x for x in sc] for sc in entry["scores"]]
+        selectors = selectors["selectors"]
+        lora = {}
+        for seed in opts.lm_lora_seeds:
+            for key, res in self.store.load(f"lora@{seed}")["results"].items():
+                lora.setdefault(parse_pair_key(key), []).append(res)
+        lora_seconds = sum(self.store.load(f"lora@{s}")["seconds"] for s in opts.lm_lora_seeds)
+        res = {parse_pair_key(k): v for k, v in free["results"].items()}
+        pool = self.pool()
+        base = {"kind": "lm_self_stitch", "front": opts.lm_anchor, "back": opts.lm_anchor,
+                "flops_unit": f"per sequence of {DEFAULT_SEQ_LEN} tokens", "flops_range": self.flops_range,
+                "bucket_edges": self.edges,
+                "selector_calibration": f"the first {opts.lm_selector_texts} of the {len(self.cal_texts)} "
+                                        f"calibration texts",
+                "selection_seconds": self.store.load("selectors")["seconds"],
+                "seconds": free["seconds"] + lora_seconds + self.store.load("selectors")["seconds"]}
+        ntok = int(sum(int(b["attention_mask"].sum()) for b in self.batches(self.cal_texts)))
+        free_text = (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks, "
+                     + (f"a seeded random {len(self.chosen)} of {len(self.eligible)}"
+                        if len(self.chosen) < len(self.eligible) else f"all {len(self.chosen)}")
+                     + f"; NOT finetuned: the least-squares stitch (fit on {len(self.cal_texts)} Debian descriptions, "
+                     f"{ntok} tokens)")
+        skips = sorted({j - i for i, j in self.lora_configs})
+        lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (front_blocks a multiple of "
+                     f"{opts.lm_lora_stride}) in {len(self.lora_buckets)} FLOPs buckets ({len(self.lora_configs)} "
+                     f"configurations, skipping {', '.join(map(str, skips))} blocks); the training-free "
+                     f"least-squares stitch, then {opts.lm_lora_steps} LoRA steps (r={opts.lm_lora_r}, lr "
+                     f"{opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer trained too) on "
+                     f"{len(self.lora_train)} Debian training packages (prompt + synopsis, loss on the synopsis), "
+                     f"per seed {opts.lm_lora_seeds}")
+        anchor_name = Path(opts.lm_anchor).name
+        studies = []
+        for metric, higher, what in (
+                ("perplexity", False, f"perplexity on {len(self.eval_texts)} Debian descriptions (test split)"),
+                ("rougeL", True, f"ROUGE-L (mean per-example F) of the first generated line "
+                                 f"({opts.lm_max_new_tokens} greedy tokens) on {len(self.refs)} test packages")):
+            anchor_value = free["anchor"][metric]
+            if anchor_value is None:
+                continue
+            anchors = [{"name": anchor_name, "flops": self.anchor_flops, "metric": anchor_value}]
+            free_pool = []
+            for c in pool:
+                r = res[(c["front_blocks"], c["back_start"])]
+                q = r["perplexity"] if metric == "perplexity" else self.rouge_l(r["generations"])
+                free_pool.append(dict(c, quality_per_seed=[q], quality=q))
+            studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [training-free]",
+                                protocol="training-free", metric=metric, higher_is_better=higher, anchors=anchors,
+                                oracle={"description": free_text + "; " + what, "finetuned": False, "seeds": [None],
+                                        "grid": self.grid, "configs": free_pool, "seconds": free["seconds"]}))
+            if lora:
+                lpool = [dict(c, quality_per_seed=[r[metric] for r in lora[(c["front_blocks"], c["back_start"])]])
+                         for c in pool if (c["front_blocks"], c["back_start"]) in lora]
+                for c in lpool:
+                    c["quality"] = float(np.mean(c["quality_per_seed"]))
+                    c["quality_std"] = float(np.std(c["quality_per_seed"])) if len(c["quality_per_seed"]) > 1 else None
+                stds = [c["quality_std"] for c in lpool if c.get("quality_std") is not None]
+                studies.append(dict(copy.deepcopy(base), name=f"{anchor_name} self-stitch {metric} [LoRA]",
+                                    protocol="lora", metric=metric, higher_is_better=higher, anchors=anchors,
+                                    oracle={"description": lora_text + "; " + what, "finetuned": True,
+                                            "seeds": list(opts.lm_lora_seeds), "grid": self.grid, "configs": lpool,
+                                            "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
+                                            "quality_seed_std_max": float(np.max(stds)) if stds else None,
+                                            "seconds": lora_seconds}))
+        index = {(c["front_blocks"], c["back_start"]): k for k, c in enumerate(pool)}
+
+        def scores_on(configs) -> dict:  # the selectors' scores restricted to a study's pool (the LoRA grid)
+            idx = [index[(c["front_blocks"], c["back_start"])] for c in configs]
+            out = copy.deepcopy(selectors)
+            for entry in out.values():
+                if "score" in entry:
+                    entry["score"] = [entry["score"][k] for k in idx]
+                if "scores" in entry:
+                    entry["scores"] = [[sc[k] for k in idx] for sc in entry["scores"]]
+            return out
+
+        return [analyze_study(st, scores_on(st["oracle"]["configs"]), opts) for st in studies]
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -431,7 +565,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     opts = replace(opts, **kwargs) if opts is not None else QualityOptions(**kwargs)
     if opts.from_json:
         return reanalyze(opts, command)
-    if opts.jobs > 1 and len(opts.studies) > 1:
+    if opts.jobs > 1 and "lm" in opts.studies and opts.lm_parts == ["all"]:
         return run_side_by_side(opts, command)
     given = opts
     if opts.quick:
@@ -441,7 +575,7 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     t0, cpu0 = time.perf_counter(), time.process_time()
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    studies, data_used = [], {}
+    studies, data_used, lm = [], {}, None
 
     def bar_factory(total, desc):
         return stage(total, desc, unit="run") if opts.progress else _NoBar()
@@ -456,8 +590,14 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
                 studies += vit_studies(pair, opts, data, bar)
                 bar.close()
         if "lm" in opts.studies:
-            lm, data_used["lm"] = lm_studies(opts, bar_factory)
-            studies += lm
+            lm = LMStudy(opts)
+            if opts.lm_parts != ["all"]:  # a share of the work: stored, assembled by a later call
+                lm.compute(opts.lm_parts, bar_factory)
+                return {"parts": list(opts.lm_parts), "parts_dir": str(lm.store.dir),
+                        "seconds": time.perf_counter() - t0}
+            lm.compute(lm_part_names(opts), bar_factory)
+            studies += lm.assemble()
+            data_used["lm"] = lm.record
     report = {
         "format": FORMAT, "hf_klas_version": __version__, "name": opts.name,
         "command": command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "run_quality(...)"),
@@ -471,34 +611,72 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     report["wall_seconds"] = time.perf_counter() - t0
     report["cpu_seconds"] = time.process_time() - cpu0
     report["machine"]["load_average_at_end"] = list(os.getloadavg())
-    return reporting.write_outputs(_json_safe(report), opts)
+    summary = reporting.write_outputs(_json_safe(report), opts)
+    if lm is not None:  # everything is in the report now
+        lm.store.remove()
+    return summary
 
 
-def _run_part(opts: QualityOptions, command: str) -> str:
-    """One study of :func:`run_side_by_side`, in its own process; returns its JSON's path."""
-    run_quality(opts, command=command)
-    return str(Path(opts.out_dir) / f"{opts.name}.json")
+def _run_units(units: list[QualityOptions], command: str) -> list[str]:
+    """One process's share of :func:`run_side_by_side`, one call after another; returns the reports written."""
+    paths = []
+    for unit in units:
+        part = unit.studies[0] if unit.lm_parts == ["all"] else " ".join(unit.lm_parts)
+        result = run_quality(unit, command=f"{command}  [part: --studies {unit.studies[0]}"
+                                           + ("" if unit.lm_parts == ["all"] else f" --lm_parts {part}") + "]")
+        if "json" in result:
+            paths.append(result["json"])
+    return paths
+
+
+def side_by_side_units(opts: QualityOptions, tmp: Path) -> list[list[QualityOptions]]:
+    """The two processes' work: vit and the LoRA oracle of every other seed / the LM training-free oracle, the
+    selectors and the other seeds (lm alone: the same, without vit). Each unit stores what it computes."""
+    seeds = list((quick(opts) if opts.quick else opts).lm_lora_seeds)
+    parts_dir = opts.parts_dir or str(Path(opts.out_dir) / f"{opts.name}.parts")
+
+    def lm(parts, k):
+        return replace(opts, studies=["lm"], jobs=1, lm_parts=parts, resume=True, parts_dir=parts_dir,
+                       out_dir=str(tmp / f"process{k}"))
+
+    shares: list[list[str]] = [[], ["free", "selectors"]]
+    for k, seed in enumerate(seeds):
+        shares[(k + 1) % 2].append(f"lora@{seed}")
+    units: list[list[QualityOptions]] = [[], []]
+    if "vit" in opts.studies:
+        units[0].append(replace(opts, studies=["vit"], jobs=1, out_dir=str(tmp / "vit")))
+    for k, share in enumerate(shares):
+        if share:
+            units[k].append(lm(share, k))
+    return [u for u in units if u]
 
 
 def run_side_by_side(opts: QualityOptions, command: str | None) -> dict:
-    """Each study in its own process (``jobs`` at a time), then one report combined from their JSONs. Every
-    study is seeded and runs alone in its process, so the numbers equal a ``jobs=1`` run's."""
+    """The work in two processes (:func:`side_by_side_units`), then the LM parts assembled here and one report
+    combined from the studies' JSONs. Every piece is seeded and runs alone in its process, so the numbers equal
+    a ``jobs=1`` run's."""
     import multiprocessing as mp
     import tempfile
     from concurrent.futures import ProcessPoolExecutor
 
     t0 = time.perf_counter()
     command = command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "run_quality(...)")
+    if not opts.resume:  # start over: the children always resume
+        effective = quick(opts) if opts.quick else opts
+        lm_store(effective, resolve_anchor(effective.lm_anchor)).remove()
     with tempfile.TemporaryDirectory(prefix="hf_klas_quality_") as tmp:
-        parts = [replace(opts, studies=[s], jobs=1, out_dir=str(Path(tmp) / s), name=opts.name) for s in opts.studies]
-        with ProcessPoolExecutor(min(opts.jobs, len(parts)), mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_part, part, f"{command}  [part: --studies {part.studies[0]}]")
-                       for part in parts]
-            paths = [fut.result() for fut in futures]
+        tmp = Path(tmp)
+        units = side_by_side_units(opts, tmp)
+        with ProcessPoolExecutor(len(units), mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(_run_units, share, command) for share in units]
+            paths = [p for fut in futures for p in fut.result()]
+        assembled = replace(opts, studies=["lm"], jobs=1, resume=True, out_dir=str(tmp / "lm"),
+                            parts_dir=opts.parts_dir or str(Path(opts.out_dir) / f"{opts.name}.parts"))
+        paths.append(run_quality(assembled, command=f"{command}  [part: --studies lm, assembled]")["json"])
         Path(opts.out_dir).mkdir(parents=True, exist_ok=True)
-        logs = [Path(path).with_suffix(".log") for path in paths]  # the parts' console logs, one after the other
+        logs = sorted(tmp.glob(f"*/{opts.name}.log"))  # the processes' console logs, one after the other
         (Path(opts.out_dir) / f"{opts.name}.log").write_text("".join(
-            f"===== --studies {log.parent.name} =====\n{log.read_text()}\n" for log in logs if log.is_file()))
+            f"===== {log.parent.name} =====\n{log.read_text()}\n" for log in logs))
         return reanalyze(replace(opts, from_json=paths), command, wall_seconds=time.perf_counter() - t0,
                          side_by_side=True)
 
