@@ -23,6 +23,7 @@ from hf_klas.study import (  # noqa: E402,E501
     run_quality,
     spearman,
 )
+from hf_klas.study.options import quick  # noqa: E402
 from hf_klas.study.oracles import lm_self_stitch_oracle  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -285,3 +286,86 @@ def test_bad_options_fail_before_work(tmp_path):
     with pytest.raises(HfKlasError, match="Unknown selector"):
         run_quality(QualityOptions(studies=["vit"], vit_selectors=["bogus"], out_dir=str(tmp_path)))
     assert not any(tmp_path.iterdir())
+
+
+# ---- the LoRA oracle's init and the stored, resumable parts ---------------------------------------------------
+def test_shared_least_squares_fits_equal_from_anchors():
+    """The LoRA oracle starts from fits of one anchor pass: the same stitch from_anchors(calibration=...) fits."""
+    from tiny import llama_pair
+
+    from hf_klas import StitchedModel
+    from hf_klas.study.oracles import block_outputs, self_stitch_fits
+
+    _, model = llama_pair(vocab=128)
+    g = torch.Generator().manual_seed(3)
+    cal = [{"input_ids": torch.randint(3, 128, (4, 16), generator=g),
+            "attention_mask": torch.ones(4, 16, dtype=torch.long)} for _ in range(2)]
+    cal[1]["attention_mask"][2, 10:] = 0
+    configs = [(1, 3), (2, 3), (2, 5)]
+    fits = {key: (w, b) for key, w, b in self_stitch_fits(block_outputs(model, cal), cal, configs)}
+    assert sorted(fits) == sorted(configs)
+    for i, j in configs:
+        ref = StitchedModel.from_anchors(model, None, front_blocks=i, back_start=j, calibration=cal, progress=False)
+        torch.testing.assert_close(fits[(i, j)][0], ref.stitch.weight.detach(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fits[(i, j)][1], ref.stitch.bias.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_lm_study_resumes_from_stored_parts(tiny_anchors, tmp_path):
+    """A stored part is read back, not recomputed; a partial one is continued; resume=false starts over; the
+    parts are deleted once the report is written; other options get another directory."""
+    from hf_klas.loading import resolve_anchor
+    from hf_klas.study.parts import pair_key
+    from hf_klas.study.runner import lm_store
+
+    lm = tiny_anchors[2]
+    base = dict(quick=True, studies=["lm"], jobs=1, lm_anchor=lm, progress=False, name="r")
+
+    def ppl(summary_json):
+        st = next(s for s in json.loads(Path(summary_json).read_text())["studies"]
+                  if s["protocol"] == "training-free" and s["metric"] == "perplexity")
+        return {(c["front_blocks"], c["back_start"]): c["quality"] for c in st["oracle"]["configs"]}
+
+    ref = ppl(run_quality(QualityOptions(**base, out_dir=str(tmp_path / "ref")))["json"])
+    assert not (tmp_path / "ref" / "r.parts").exists()  # deleted with the report written
+
+    out = tmp_path / "run"
+    shared = run_quality(QualityOptions(**base, out_dir=str(out), lm_parts=["free"]))
+    assert shared["parts"] == ["free"] and not (out / "r.json").exists()
+    store = lm_store(quick(QualityOptions(**base, out_dir=str(out))), resolve_anchor(lm))
+    assert Path(shared["parts_dir"]) == store.dir and (store.dir / "key.json").is_file()
+    free = store.load("free")
+    assert free["complete"] and len(free["results"]) == len(ref)
+    keys = sorted(free["results"])
+    kept, dropped = keys[0], keys[1:3]
+    free["results"][kept]["perplexity"] = 1234.5  # a sentinel: reused, not recomputed
+    for k in dropped:
+        del free["results"][k]
+    store.save("free", dict(free, complete=False))  # as an interrupted run leaves it
+
+    resumed = ppl(run_quality(QualityOptions(**base, out_dir=str(out)))["json"])
+    kept_ij = tuple(map(int, kept.split(",")))
+    assert resumed[kept_ij] == 1234.5
+    assert {k: v for k, v in resumed.items() if k != kept_ij} == pytest.approx(
+        {k: v for k, v in ref.items() if k != kept_ij}, rel=1e-6)
+    assert not store.dir.exists()
+
+    run_quality(QualityOptions(**base, out_dir=str(out), lm_parts=["free"]))
+    free = store.load("free")
+    free["results"][pair_key(*kept_ij)]["perplexity"] = 1234.5
+    store.save("free", free)
+    fresh = ppl(run_quality(QualityOptions(**base, out_dir=str(out), resume=False))["json"])
+    assert fresh == pytest.approx(ref, rel=1e-6)
+
+    other = lm_store(quick(QualityOptions(**base, out_dir=str(out), lm_lora_lr=1e-3)), resolve_anchor(lm))
+    assert other.dir != store.dir and other.dir.parent == store.dir.parent
+
+
+def test_lm_parts_options_are_checked():
+    with pytest.raises(HfKlasError, match="lm_parts"):
+        QualityOptions(studies=["lm"], lm_parts=["nope"])
+    with pytest.raises(HfKlasError, match="studies=\\['vit', 'lm'\\]"):
+        QualityOptions(lm_parts=["free"])
+    with pytest.raises(HfKlasError, match="not in lm_lora_seeds"):
+        QualityOptions(studies=["lm"], lm_parts=["lora@7"])
+    with pytest.raises(HfKlasError, match="lm_parts"):
+        QualityOptions(studies=["lm"], lm_parts=["all", "free"])

@@ -76,8 +76,10 @@ class QualityOptions:
                 "middle and the dearest; for self-stitching a bucket is one number of skipped blocks) is "
                 "LoRA-finetuned per seed; 0 = training-free oracle only."})
     lm_lora_stride: int = field(default=3, metadata={
-        "help": "LoRA grid: stitches after every k-th block (front_blocks a multiple of k): every configuration of "
-                "a bucket would be ~25 LoRA runs per seed, more than a CPU hour holds."})
+        "help": "LoRA grid: stitches resuming at every k-th block counted back from the last (back_start = n-1, "
+                "n-1-k, ...), so the configurations resuming at the last block -- where Γ's LLM picks go -- are in "
+                "the pool; every configuration of a bucket would be ~25 LoRA runs per seed, more than a CPU hour "
+                "holds."})
     lm_lora_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={"help": "LoRA oracle seeds."})
     lm_lora_steps: int = field(default=12, metadata={"help": "LoRA steps per configuration and seed."})
     lm_lora_batch_size: int = field(default=4, metadata={"help": "LoRA batch size."})

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..evaluation.pareto import ParetoPoint, plot_pareto
+from .statistics import rankdata
 
 __all__ = ["write_outputs", "verdict", "markdown"]
 
@@ -35,8 +36,9 @@ def _slug(name: str) -> str:
 
 
 def verdict(report: dict) -> list[dict]:
-    """Selectors ranked across the primary studies: mean rank by regret (lower better) and by top-1 agreement,
-    and how often each is the best (ties shared). The random selector and the oracle are reference rows."""
+    """Selectors ranked across the primary studies: mean rank by regret (lower better) and by top-1 agreement
+    (tied selectors share their mean rank), and how often each is the best (ties shared). The random selector
+    and the oracle are reference rows."""
     studies = [st for st in report["studies"] if st.get("protocol") in PRIMARY]
     table: dict[str, dict] = {}
     for st in studies:
@@ -46,11 +48,12 @@ def verdict(report: dict) -> list[dict]:
             continue
         for key, reverse in (("regret", False), ("top1", True)):
             vals = {k: r.get(key) for k, r in rows.items() if r.get(key) is not None}
-            order = sorted(vals, key=lambda k: (-vals[k] if reverse else vals[k]))
-            for rank, k in enumerate(order, 1):
+            names = list(vals)
+            ranks = rankdata([-vals[k] if reverse else vals[k] for k in names])  # ties share their mean rank
+            for k, rank in zip(names, ranks):
                 entry = table.setdefault(k, {"selector": k, "studies": 0, "regret_rank": [], "top1_rank": [],
                                              "wins_regret": 0.0, "regret": [], "top1": []})
-                entry[f"{key}_rank"].append(rank)
+                entry[f"{key}_rank"].append(float(rank))
                 entry[key].append(vals[k])
             best = min(vals.values()) if not reverse else max(vals.values())
             winners = [k for k, v in vals.items() if v == best]

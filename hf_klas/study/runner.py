@@ -339,10 +339,11 @@ class LMStudy:
         self.bucket_of = {(i, j): int(assign_buckets(torch.tensor([float(self.flops_grid[i - 1, j])],
                                                                   dtype=torch.float64), self.edges)[0])
                           for i, j in self.chosen}
-        # the LoRA grid: stitches after every k-th block, in the cheapest, a middle and the dearest bucket
+        # the LoRA grid: back_start = n-1, n-1-k, ... (the last block included), in the cheapest, a middle and the
+        # dearest bucket
         by_bucket: dict[int, list] = {}
         for i, j in self.chosen:
-            if i % opts.lm_lora_stride == 0:
+            if (n - 1 - j) % opts.lm_lora_stride == 0:
                 by_bucket.setdefault(self.bucket_of[(i, j)], []).append((i, j))
         nonempty = sorted(b for b, cs in by_bucket.items() if len(cs) > 1)
         self.lora_buckets = sorted({nonempty[round(x * (len(nonempty) - 1) / max(opts.lm_lora_buckets - 1, 1))]
@@ -501,11 +502,12 @@ class LMStudy:
                      + f"; NOT finetuned: the least-squares stitch (fit on {len(self.cal_texts)} Debian descriptions, "
                      f"{ntok} tokens)")
         skips = sorted({j - i for i, j in self.lora_configs})
-        lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (front_blocks a multiple of "
-                     f"{opts.lm_lora_stride}) in {len(self.lora_buckets)} FLOPs buckets ({len(self.lora_configs)} "
-                     f"configurations, skipping {', '.join(map(str, skips))} blocks); the training-free "
-                     f"least-squares stitch, then {opts.lm_lora_steps} LoRA steps (r={opts.lm_lora_r}, lr "
-                     f"{opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer trained too) on "
+        lora_text = (f"every configuration of the stride-{opts.lm_lora_stride} grid (back_start = {self.grid[1] - 1}, "
+                     f"{self.grid[1] - 1 - opts.lm_lora_stride}, ...) in {len(self.lora_buckets)} FLOPs buckets "
+                     f"({len(self.lora_configs)} configurations, skipping {', '.join(map(str, skips))} blocks); "
+                     f"the training-free least-squares stitch, then {opts.lm_lora_steps} LoRA steps "
+                     f"(r={opts.lm_lora_r}, lr {opts.lm_lora_lr:g}, batch {opts.lm_lora_batch_size}, stitch layer "
+                     f"trained too) on "
                      f"{len(self.lora_train)} Debian training packages (prompt + synopsis, loss on the synopsis), "
                      f"per seed {opts.lm_lora_seeds}")
         anchor_name = Path(opts.lm_anchor).name
