@@ -67,8 +67,9 @@ class SelectOptions:
         "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
                 "configuration to build."})
     method: str = field(default=DEFAULT_METHOD, metadata={
-        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner; "
-                "klas is the paper's Γ)."})
+        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner for "
+                "vision stitches; klas is the paper's Γ). Self-stitching an LLM (depth pruning): theta -- Γ's "
+                "last-block denominator sends every pick to the last block (README, selection-quality study)."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "

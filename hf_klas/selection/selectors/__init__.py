@@ -37,7 +37,8 @@ SELECTORS: dict[str, type[Selector]] = {
 
 
 #: The selector ``from_anchors(..., budget_flops=...)``, ``hf-klas select`` and the demo use when none is named
-#: (chosen by the selection-quality study; ``"klas"`` is always the paper's Γ exactly).
+#: (chosen by the selection-quality study: it wins both ViT pairs; for self-stitching an LLM the study favours
+#: ``"theta"``, see README; ``"klas"`` is always the paper's Γ exactly).
 DEFAULT_METHOD = "klas"
 
 
