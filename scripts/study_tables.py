@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-PRIMARY = ("full", "lora")
+from hf_klas.study.report import PRIMARY
 
 
 def _short(st: dict) -> str:

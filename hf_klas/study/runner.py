@@ -269,9 +269,6 @@ def _subset(n: int, max_configs: int, seed: int) -> list[int]:
     return sorted(np.random.default_rng(seed).choice(n, size=max_configs, replace=False).tolist())
 
 
-LM_PARTS_HELP = "free (training-free oracle), selectors, lora@SEED (the LoRA oracle of one seed)"
-
-
 def lm_part_names(opts: QualityOptions) -> list[str]:
     """Every part of the LM study, in the order one process computes them."""
     return ["free", "selectors"] + [f"lora@{s}" for s in opts.lm_lora_seeds]
@@ -474,7 +471,9 @@ class LMStudy:
             raise HfKlasError(f"The LM study's parts {missing} are not stored in {self.store.dir}.",
                               "Compute them first (run without --lm_parts, or with --lm_parts naming them).")
         free = self.store.load("free")
-        selectors = self.store.load("selectors")
+        selector_part = self.store.load("selectors")
+        lora_parts = {s: self.store.load(f"lora@{s}") for s in opts.lm_lora_seeds}
+        selectors = selector_part
         for entry in selectors["selectors"].values():
             if "score" in entry:
                 entry["score"] = [math.nan if x is None else x for x in entry["score"]]
@@ -483,9 +482,9 @@ class LMStudy:
         selectors = selectors["selectors"]
         lora = {}
         for seed in opts.lm_lora_seeds:
-            for key, res in self.store.load(f"lora@{seed}")["results"].items():
+            for key, res in lora_parts[seed]["results"].items():
                 lora.setdefault(parse_pair_key(key), []).append(res)
-        lora_seconds = sum(self.store.load(f"lora@{s}")["seconds"] for s in opts.lm_lora_seeds)
+        lora_seconds = sum(part["seconds"] for part in lora_parts.values())
         res = {parse_pair_key(k): v for k, v in free["results"].items()}
         pool = self.pool()
         base = {"kind": "lm_self_stitch", "front": opts.lm_anchor, "back": opts.lm_anchor,
@@ -493,8 +492,8 @@ class LMStudy:
                 "bucket_edges": self.edges,
                 "selector_calibration": f"the first {opts.lm_selector_texts} of the {len(self.cal_texts)} "
                                         f"calibration texts",
-                "selection_seconds": self.store.load("selectors")["seconds"],
-                "seconds": free["seconds"] + lora_seconds + self.store.load("selectors")["seconds"]}
+                "selection_seconds": selector_part["seconds"],
+                "seconds": free["seconds"] + lora_seconds + selector_part["seconds"]}
         ntok = int(sum(int(b["attention_mask"].sum()) for b in self.batches(self.cal_texts)))
         free_text = (f"configurations skipping {opts.lm_min_skip}..{opts.lm_max_skip} blocks, "
                      + (f"a seeded random {len(self.chosen)} of {len(self.eligible)}"
