@@ -6,8 +6,9 @@ image/pixel column, a list of tensors (``input_ids`` rows or ``pixel_values``), 
 Default when none is given (offline, documented):
 - LLMs: English prose from the docstrings of a fixed list of Python standard-library modules
   (``DEFAULT_TEXT_MODULES``), split into paragraphs of at least 200 characters. Always present, no download.
-- Vision: the first images of the Fashion-MNIST test split (Debian ``dataset-fashion-mnist``), run through the
-  anchor's image processor. Other vision anchors should pass their own calibration images.
+- Vision: the first images of the Fashion-MNIST *train* split (Debian ``dataset-fashion-mnist``; never the
+  validation or test split, on which choices and final numbers are made), run through the anchor's image
+  processor. Other vision anchors should pass their own calibration images.
 """
 
 from __future__ import annotations
@@ -55,8 +56,13 @@ def default_calibration_texts(limit: int = 64, min_chars: int = 200) -> list[str
     return texts
 
 
+#: The split the default vision calibration reads: the least-squares stitch is *fitted* on it and selection
+#: *chooses* with it, so it must be training data.
+DEFAULT_CALIBRATION_SPLIT = "train"
+
+
 def default_calibration_images(processor, limit: int = 256) -> list[torch.Tensor]:
-    ds = load_fashion_mnist("test", limit=limit)
+    ds = load_fashion_mnist(DEFAULT_CALIBRATION_SPLIT, limit=limit)
     return [_images_to_pixels(processor, ds["image"])]
 
 

@@ -7,27 +7,30 @@ fed as three equal channels, as every Hub ViT takes RGB: the saved ``ViTImagePro
 to RGB, so ``pipeline("image-classification")`` works on grayscale images as on colour ones. Data comes from the
 Debian ``dataset-fashion-mnist`` IDX files (:mod:`hf_klas.data.fashion_mnist`); nothing is downloaded.
 
-Recipe (identical for every model): the first ``--train-limit`` training images, ``--epochs`` passes in a
-seeded random order, batch ``--batch-size``, AdamW (lr ``--lr``, betas 0.9/0.999, weight decay 0.05 on
+Recipe (identical for every model): the first ``--train-limit`` images of the *train* split (rows 0..54,999 of the
+training file; the last 5,000 rows are the validation split, see :mod:`hf_klas.data.fashion_mnist`), ``--epochs``
+passes in a seeded random order, batch ``--batch-size``, AdamW (lr ``--lr``, betas 0.9/0.999, weight decay 0.05 on
 matrices only), linear warmup over the first 5% of steps then cosine decay to 0, gradient clipping at 1.0,
 cross-entropy with label smoothing ``--label-smoothing``, random translations by up to ``--translate`` pixels
-and random horizontal flips (``--hflip``), no dropout. Test accuracy on the full test split is recorded after
-every epoch; a model counts as *converged* when the last fifth of its training moved test accuracy by less than
-``--plateau-points`` (0.5) points -- most of which is the cosine schedule's final annealing (recorded as ``plateau``).
+and random horizontal flips (``--hflip``), no dropout. *Validation* accuracy (5,000 images) is recorded after
+every epoch, and every choice (epochs, the plateau rule) is read from it: a model counts as *converged* when the
+last fifth of its training moved validation accuracy by less than ``--plateau-points`` (0.5) points -- most of
+which is the cosine schedule's final annealing (recorded as ``plateau``). The test split (10,000 images) is read
+once, after training, for the final number only.
 Everything is seeded (``--seed``: weight init, data order, flips) and
 ``torch.use_deterministic_algorithms(True)`` is on, so a run with the same seed, thread count and torch build
 gives the same weights. Each model trains in its own process (``--jobs`` at once, default 2, each with
 ``--threads`` torch threads, default 1): on a shared, oversubscribed 2-core machine two single-threaded
 processes are several times faster than one process with ``torch.set_num_threads(2)``, whose OpenMP barriers
 stall whenever one of its threads is descheduled. Models are independent, so parallelism does not change
-the weights. Test accuracy is measured on the full 10,000-image test split through the saved
-image processor's arithmetic (:func:`hf_klas.data.fashion_mnist.preprocess`, checked equal to
-``ViTImageProcessor`` on a sample before training).
+the weights. Accuracy is measured through the saved image processor's arithmetic
+(:func:`hf_klas.data.fashion_mnist.preprocess`, checked equal to ``ViTImageProcessor`` on a sample before training).
 
 Writes, under ``--out`` (default ``hf_klas/zoo/weights``)::
 
     vit-fmnist-{tiny,small,base}/{config.json, model.safetensors, preprocessor_config.json, README.md}
-    vit-fmnist-zoo.json   (name, path, hidden, layers, heads, params, flops, test_accuracy, train seconds, recipe)
+    vit-fmnist-zoo.json   (name, path, hidden, layers, heads, params, flops, validation and test accuracy, the
+                           per-epoch validation curve, train seconds, recipe)
 
 Usage::
 
@@ -97,7 +100,7 @@ def parse_args(argv=None):
     p.add_argument("--models", nargs="+", default=list(ZOO), choices=list(ZOO))
     p.add_argument("--out", default=str(REPO / "hf_klas" / "zoo" / "weights"))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-limit", type=int, default=60000, help="first N training images")
+    p.add_argument("--train-limit", type=int, default=55000, help="first N images of the train split (55,000)")
     p.add_argument("--epochs", type=int, default=45, help="passes over the training subset")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -108,7 +111,8 @@ def parse_args(argv=None):
                    help="random horizontal flips (p=0.5)")
     p.add_argument("--translate", type=int, default=2, help="random shifts by up to this many pixels (0: none)")
     p.add_argument("--plateau-points", type=float, default=0.5,
-                   help="converged = the last fifth of training moved test accuracy by less than this (points)")
+                   help="converged = the last fifth of training moved validation accuracy by less than this "
+                        "(points)")
     p.add_argument("--device", default="cpu", help="torch device (cpu; cuda when a GPU is available)")
     p.add_argument("--recard", action="store_true",
                    help="no training: rewrite the model cards and the summary's convergence fields of the zoo in "
@@ -163,7 +167,7 @@ def shift(x: torch.Tensor, max_shift: int, gen: torch.Generator, background: flo
 
 
 def plateau_delta(curve: list[float]) -> float:
-    """Test-accuracy change (points) over the last fifth of training: final minus the value at 80%."""
+    """Validation-accuracy change (points) over the last fifth of training: final minus the value at 80%."""
     k = max(0, int(round(0.8 * len(curve))) - 1)
     return 100 * (curve[-1] - curve[k])
 
@@ -183,8 +187,8 @@ def lr_at(step: int, total: int, warmup: int, lr: float) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
-              test_y: torch.Tensor, position: int = 0):
+def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+              val_y: torch.Tensor, position: int = 0):
     torch.manual_seed(args.seed)
     config = vit_config(name)
     model = ViTForImageClassification(config).to(args.device)
@@ -221,15 +225,15 @@ def train_one(name: str, args, train_x: torch.Tensor, train_y: torch.Tensor, tes
         opt.step()
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if (step + 1) % steps_per_epoch == 0:
-            curve.append(evaluate(model, test_x, test_y, args.eval_batch_size))
-            bar.set_postfix(loss=f"{running:.3f}", test=f"{curve[-1]:.4f}")
+            curve.append(evaluate(model, val_x, val_y, args.eval_batch_size))
+            bar.set_postfix(loss=f"{running:.3f}", val=f"{curve[-1]:.4f}")
     bar.close()
     model.eval()
     return model.cpu(), time.time() - t0, total, curve
 
 
 def model_card(name: str, config, params: int, flops, acc: float, args, train_seconds: float, steps: int,
-               command: str, curve: list[float]) -> str:
+               command: str, curve: list[float], val_acc: float) -> str:
     hidden, layers, heads, mlp = ZOO[name]
     others = ", ".join(f"`vit-fmnist-{o}`" for o in ZOO if o != name)
     gflops = f"{flops / 1e6:.1f} MFLOPs" if flops else "n/a"
@@ -265,7 +269,8 @@ A small Vision Transformer (`ViTForImageClassification`) trained from scratch on
 hf_klas as an offline stitching anchor. It shares its token layout with {others} (28x28 input, the gray value on
 three channels; 7x7 patches: 16 patches + CLS = 17 tokens), so blocks of any two zoo models can be stitched.
 
-**Test accuracy (full 10,000-image Fashion-MNIST test split): {acc * 100:.2f}%**
+**Test accuracy (full 10,000-image Fashion-MNIST test split, measured once after training): {acc * 100:.2f}%**
+(validation accuracy, 5,000 images held out of the training file: {val_acc * 100:.2f}%)
 
 ## Architecture
 
@@ -303,13 +308,15 @@ print([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
 
 ## Training
 
-- data: the first {args.train_limit:,} images of the Fashion-MNIST training split (Debian
-  `dataset-fashion-mnist` IDX files), {args.epochs:g} epoch(s) = {steps:,} steps of batch {args.batch_size}
+- data: the first {args.train_limit:,} images of the Fashion-MNIST train split (rows 0..54,999 of the Debian
+  `dataset-fashion-mnist` training file; rows 55,000..59,999 are the validation split), {args.epochs:g} epoch(s) =
+  {steps:,} steps of batch {args.batch_size}
 - optimiser: AdamW, lr {args.lr:g}, betas (0.9, 0.999), weight decay {args.weight_decay:g} (matrices only),
   {args.warmup:.0%} linear warmup then cosine decay to 0, gradient clipping 1.0
 - loss: cross-entropy, label smoothing {args.label_smoothing:g}; augmentation: random shifts by up to
   {args.translate} px{", random horizontal flips" if args.hflip else ""}; dropout 0
-- test accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}; the last fifth of training moved it by
+- validation accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}; the last fifth of training
+  moved it by
   {plateau_delta(curve):+.2f} points (converged: {"yes" if abs(plateau_delta(curve)) < args.plateau_points else "no"},
   criterion < {args.plateau_points:g})
 - seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s) per model process,
@@ -330,17 +337,22 @@ Fashion-MNIST classifier and was trained on a short CPU budget.
 
 
 def train_and_save(name: str, args, command: str, position: int = 0) -> dict:
-    """Train one zoo model, measure it on the full test split, write its folder; returns its summary row."""
+    """Train one zoo model (validation curve per epoch), then measure it once on the full test split, write its
+    folder; returns its summary row."""
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     train_images, train_labels = load_fashion_mnist_arrays("train", limit=args.train_limit)
-    test_images, test_labels = load_fashion_mnist_arrays("test")
+    val_images, val_labels = load_fashion_mnist_arrays("validation")
     # one channel in memory, three for the model (the same gray value: expand is a view)
     train_x = preprocess(train_images, channels=1).expand(-1, NUM_CHANNELS, -1, -1)
-    test_x = preprocess(test_images).to(args.device)
-    model, seconds, steps, curve = train_one(name, args, train_x, torch.from_numpy(train_labels), test_x,
-                                             torch.from_numpy(test_labels).to(args.device), position)
-    acc = curve[-1]
+    val_x = preprocess(val_images).to(args.device)
+    model, seconds, steps, curve = train_one(name, args, train_x, torch.from_numpy(train_labels), val_x,
+                                             torch.from_numpy(val_labels).to(args.device), position)
+    val_acc = curve[-1]
+    test_images, test_labels = load_fashion_mnist_arrays("test")  # read once, after every choice is made
+    acc = evaluate(model.to(args.device), preprocess(test_images).to(args.device),
+                   torch.from_numpy(test_labels).to(args.device), args.eval_batch_size)
+    model.cpu()
     params = count_params(model)
     flops = forward_flops(model.config)
     target = Path(args.out) / f"vit-fmnist-{name}"
@@ -348,17 +360,18 @@ def train_and_save(name: str, args, command: str, position: int = 0) -> dict:
     model.save_pretrained(target, safe_serialization=True)
     make_image_processor().save_pretrained(target)
     (target / "README.md").write_text(model_card(name, model.config, params, flops, acc, args, seconds, steps,
-                                                 command, curve))
+                                                 command, curve, val_acc))
     hidden, layers, heads, mlp = ZOO[name]
     tqdm.write(f"vit-fmnist-{name}: hidden {hidden}, layers {layers}, params {params:,}, "
-               f"test accuracy {acc * 100:.2f}% ({seconds / 60:.1f} min training; last fifth "
+               f"validation {val_acc * 100:.2f}%, test {acc * 100:.2f}% ({seconds / 60:.1f} min training; last fifth "
                f"{plateau_delta(curve):+.2f} points)")
     return {
         "name": f"vit-fmnist-{name}", "path": f"vit-fmnist-{name}", "hidden": hidden, "layers": layers,
         "heads": heads, "intermediate_size": mlp, "image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE,
         "num_channels": NUM_CHANNELS, "params": params, "forward_flops": flops,
+        "validation_accuracy": round(val_acc, 4), "validation_examples": int(len(val_images)),
         "test_accuracy": round(acc, 4), "test_examples": int(len(test_images)),
-        "test_accuracy_per_epoch": [round(a, 4) for a in curve],
+        "validation_accuracy_per_epoch": [round(a, 4) for a in curve],
         "last_fifth_change_points": round(plateau_delta(curve), 2),
         "plateau": abs(plateau_delta(curve)) < args.plateau_points,
         "train_seconds": round(seconds, 1), "train_steps": steps, "device": args.device,
@@ -373,13 +386,13 @@ def recard(args) -> dict:
     summary["recipe"]["plateau_points"] = args.plateau_points
     for m in summary["models"]:
         name = m["name"].removeprefix("vit-fmnist-")
-        curve = m["test_accuracy_per_epoch"]
+        curve = m["validation_accuracy_per_epoch"]
         m["last_fifth_change_points"] = round(plateau_delta(curve), 2)
         m["plateau"] = abs(plateau_delta(curve)) < args.plateau_points
         recipe.device = m.get("device", "cpu")
         (out / m["path"] / "README.md").write_text(model_card(
             name, None, m["params"], m["forward_flops"], m["test_accuracy"], recipe, m["train_seconds"],
-            m["train_steps"], summary["command"], curve))
+            m["train_steps"], summary["command"], curve, m["validation_accuracy"]))
     (out / "vit-fmnist-zoo.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -395,9 +408,9 @@ def main(argv=None) -> dict:
 
     # The fast path (preprocess) must match what users get from the saved processor.
     from PIL import Image
-    test_images, _ = load_fashion_mnist_arrays("test", limit=32)
-    ref = make_image_processor()(images=[Image.fromarray(im) for im in test_images], return_tensors="pt")
-    assert torch.allclose(ref["pixel_values"], preprocess(test_images), atol=1e-5), "preprocess != ViTImageProcessor"
+    sample, _ = load_fashion_mnist_arrays("train", limit=32)
+    ref = make_image_processor()(images=[Image.fromarray(im) for im in sample], return_tensors="pt")
+    assert torch.allclose(ref["pixel_values"], preprocess(sample), atol=1e-5), "preprocess != ViTImageProcessor"
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = False  # the same arithmetic as on CPU, up to reduction order
 
@@ -433,8 +446,12 @@ def main(argv=None) -> dict:
     total = time.time() - t_start
     summary = {
         "description": "hf_klas offline ViT zoo: Fashion-MNIST, 28x28 (gray on 3 channels), patch 7 (17 tokens). "
-                       "'path' is relative to this file's directory; test_accuracy is on the full 10k test split "
-                       "after the last epoch.",
+                       "'path' is relative to this file's directory. Trained on the train split (55,000 images); "
+                       "validation_accuracy (per epoch and final) on the validation split (5,000 images held out of "
+                       "the training file), from which every choice is made; test_accuracy on the full 10k test "
+                       "split, measured once after training.",
+        "splits": {"train": "training file rows 0..54,999", "validation": "training file rows 55,000..59,999",
+                   "test": "t10k file, all 10,000 rows"},
         "dataset": "fashion_mnist (Debian dataset-fashion-mnist)",
         "command": command,
         "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "models")},
@@ -444,9 +461,9 @@ def main(argv=None) -> dict:
     }
     summary_path.write_text(json.dumps(summary, indent=2) + "\n")
     tqdm.write(f"wrote {summary_path} ({total / 60:.1f} min wall)")
-    accs = [m["test_accuracy"] for m in ordered]
+    accs = [m["validation_accuracy"] for m in ordered]
     if len(ordered) == len(ZOO) and not all(a < b for a, b in zip(accs, accs[1:])):
-        tqdm.write(f"WARNING: test accuracies do not increase with size: {accs}")
+        tqdm.write(f"WARNING: validation accuracies do not increase with size: {accs}")
     return summary
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from hf_klas.data.debian_descriptions import (
     PROMPT_TEMPLATE,
+    SPLITS,
     load_debian_descriptions,
     parse_control_stanzas,
     parse_description,
@@ -78,16 +79,25 @@ def test_dataset_from_fixture(status_file):
     cut = load_debian_descriptions(split="all", path=status_file, max_description_chars=30)
     assert all(len(d) <= 30 for d in cut["description"]) and cut[0]["description"] == "Alpha is the first package of"
     assert len(load_debian_descriptions(split="all", path=status_file, limit=1)) == 1
-    train = load_debian_descriptions(split="train", path=status_file, test_fraction=0.5)
-    test = load_debian_descriptions(split="test", path=status_file, test_fraction=0.5)
-    assert sorted(list(train["package"]) + list(test["package"])) == ["alpha", "zeta-tool"]
+    parts = [load_debian_descriptions(split=s, path=status_file, test_fraction=0.5) for s in SPLITS]
+    assert sorted(p for part in parts for p in part["package"]) == ["alpha", "zeta-tool"]
 
 
 def test_errors(tmp_path, status_file):
     with pytest.raises(DataError, match="not found"):
         load_debian_descriptions(path=tmp_path / "missing")
-    with pytest.raises(DataError):
-        load_debian_descriptions(split="validation", path=status_file)
+    with pytest.raises(DataError, match="not a split"):
+        load_debian_descriptions(split="valid", path=status_file)
+    with pytest.raises(DataError, match="no validation split"):
+        load_debian_descriptions(split="validation", version="v1")
+    with pytest.raises(DataError, match="only to version='v1'"):
+        load_debian_descriptions(split="test", split_by="source")
+    with pytest.raises(DataError, match="splits are fixed"):
+        load_debian_descriptions(split="test", test_fraction=0.3)
+    with pytest.raises(DataError, match="not a shipped version"):
+        load_debian_descriptions(split="test", version="v9")
+    with pytest.raises(DataError, match="do not leave a training split"):
+        load_debian_descriptions(split="test", path=status_file, test_fraction=0.6, validation_fraction=0.5)
     (tmp_path / "other").write_text("just some text\n")
     with pytest.raises(DataError, match="Description"):
         load_debian_descriptions(path=tmp_path / "other")
@@ -106,8 +116,8 @@ def test_frozen_data_is_the_same_everywhere(monkeypatch, tmp_path):
     assert dd.records_digest(records) == manifest["sha256"] and len(records) == manifest["records"]
     monkeypatch.setattr(dd, "DEFAULT_STATUS_PATH", str(tmp_path / "no-dpkg-here"))
     train, test = load_debian_descriptions("train"), load_debian_descriptions("test")
-    assert (len(train), len(test)) == (manifest["examples_with_defaults"]["train"],
-                                       manifest["examples_with_defaults"]["test"])
+    assert [len(load_debian_descriptions(s)) for s in SPLITS] == [manifest["examples_with_defaults"][s]
+                                                                   for s in SPLITS]
     assert set(train["package"]).isdisjoint(test["package"])
     digest = hashlib.sha256("\n".join(test["package"]).encode()).hexdigest()
     assert digest == hashlib.sha256("\n".join(sorted(test["package"])).encode()).hexdigest()  # sorted, stable
@@ -143,7 +153,8 @@ def test_real_dpkg_status_is_deterministic():
     assert list(train["package"]) == sorted(train["package"])
     again = load_debian_descriptions(split="test", path="/var/lib/dpkg/status")
     assert list(again["package"]) == list(test["package"]) and list(again["prompt"]) == list(test["prompt"])
-    assert 0.1 < len(test) / (len(train) + len(test)) < 0.3
-    by_source = load_debian_descriptions(split="test", split_by="source")
-    train_src = load_debian_descriptions(split="train", split_by="source")
+    assert 0.1 < len(test) / (len(train) + len(test)) < 0.35
+    assert set(train["source"]).isdisjoint(test["source"])  # built from path=: the v2 rule, by source group
+    by_source = load_debian_descriptions(split="test", split_by="source", version="v1")
+    train_src = load_debian_descriptions(split="train", split_by="source", version="v1")
     assert set(by_source["source"]).isdisjoint(train_src["source"])

@@ -21,7 +21,7 @@ def get_dataset(name: str, split: str = "train", config: str | None = None, limi
     if name == "debian_descriptions":
         ds = load_debian_descriptions(split=split)
     elif name == "fashion_mnist":
-        ds = load_fashion_mnist("test" if split in ("test", "validation", "eval") else "train", limit=limit)
+        ds = load_fashion_mnist(split, limit=limit)  # train / validation / test / train+validation
         ds = with_pixel_values(ds)
     else:
         path = Path(name)

@@ -6,6 +6,17 @@ Files (``/usr/share/datasets/fashion-mnist`` by default; override with ``root=``
     train-images-idx3-ubyte.gz  train-labels-idx1-ubyte.gz   (60,000 images)
     t10k-images-idx3-ubyte.gz   t10k-labels-idx1-ubyte.gz    (10,000 images)
 
+**Three frozen splits** (:data:`SPLITS`), so that nothing is fitted, selected, tuned or stopped on test images:
+
+    "train"             rows 0..54,999 of the training file        (55,000 images)
+    "validation"        rows 55,000..59,999 of the training file   (5,000 images; 450-527 per class)
+    "test"              the whole t10k file                        (10,000 images: final numbers only)
+    "train+validation"  all 60,000 rows of the training file (a refit after every choice is made)
+
+The validation rows are the last 5,000 of the training file, as in the classic MNIST 55,000/5,000 split: a fixed,
+documented index range, not a random draw. No image occurs twice across the three splits (SHA-1 of the pixels;
+``tests/test_fashion_mnist_zoo.py`` checks it).
+
 :func:`load_fashion_mnist` returns a ``datasets.Dataset`` with an ``image`` column (``datasets.Image()``:
 28x28 grayscale PIL images, mode ``"L"``, which transformers image processors accept as they are) and a
 ``label`` column (``datasets.ClassLabel`` over :data:`FASHION_MNIST_LABELS`). Rows keep the files' order, so
@@ -34,7 +45,7 @@ from ..errors import DataError
 
 __all__ = [
     "DEFAULT_ROOT", "ENV_VAR", "FASHION_MNIST_LABELS", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "IMAGE_SIZE",
-    "NUM_CHANNELS",
+    "NUM_CHANNELS", "SPLITS", "VALIDATION_START",
     "fashion_mnist_root", "read_idx", "load_fashion_mnist_arrays", "load_fashion_mnist", "preprocess",
     "make_image_processor", "to_pixel_values", "with_pixel_values",
 ]
@@ -51,6 +62,15 @@ FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 #: Pixel mean / std of the 60,000 training images after scaling to [0, 1] (0.286041, 0.353024).
 FASHION_MNIST_MEAN = 0.2860
 FASHION_MNIST_STD = 0.3530
+
+#: The split names :func:`load_fashion_mnist` takes -> (file set, first row, end row or None).
+VALIDATION_START = 55_000
+SPLITS = {
+    "train": ("train", 0, VALIDATION_START),
+    "validation": ("train", VALIDATION_START, None),
+    "test": ("test", 0, None),
+    "train+validation": ("train", 0, None),
+}
 
 _FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -69,10 +89,15 @@ def fashion_mnist_root(root: str | os.PathLike | None = None) -> Path:
     return Path(root)
 
 
-def _split_files(split: str, root) -> tuple[Path, Path]:
-    key = {"train": "train", "test": "test", "t10k": "test"}.get(split)
-    if key is None:
-        raise DataError(f"Unknown Fashion-MNIST split {split!r}.", "Use split='train' or split='test'.")
+def _split_rows(split: str) -> tuple[str, int, int | None]:
+    if split not in SPLITS:
+        raise DataError(f"Unknown Fashion-MNIST split {split!r}.",
+                        f"Use one of {', '.join(repr(s) for s in SPLITS)} (choices are made on 'validation'; "
+                        "'test' is for final numbers only).")
+    return SPLITS[split]
+
+
+def _split_files(key: str, root) -> tuple[Path, Path]:
     base = fashion_mnist_root(root)
     paths = tuple(base / name for name in _FILES[key])
     missing = [str(p) for p in paths if not p.is_file()]
@@ -121,11 +146,19 @@ def _check_limit(limit):
 
 def load_fashion_mnist_arrays(split: str = "train", root=None, limit: int | None = None
                               ) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 [N, 28, 28], labels int64 [N])`` of a split, in file order (first ``limit`` rows)."""
+    """``(images uint8 [N, 28, 28], labels int64 [N])`` of a split (:data:`SPLITS`), in file order (first
+    ``limit`` rows of the split)."""
     _check_limit(limit)
-    img_path, lbl_path = _split_files(split, root)
-    images = read_idx(img_path, _IMAGES_MAGIC, limit)
-    labels = read_idx(lbl_path, _LABELS_MAGIC, limit).astype(np.int64)
+    key, start, end = _split_rows(split)
+    img_path, lbl_path = _split_files(key, root)
+    stop = end if limit is None else (start + limit if end is None else min(end, start + limit))
+    images = read_idx(img_path, _IMAGES_MAGIC, stop)
+    labels = read_idx(lbl_path, _LABELS_MAGIC, stop).astype(np.int64)
+    if len(images) <= start:
+        raise DataError(f"{img_path} holds {len(images)} images; the {split!r} split starts at row {start}.",
+                        "Point root= at the full Fashion-MNIST files (60,000 training images), or reinstall: "
+                        "`sudo apt-get install --reinstall dataset-fashion-mnist`.")
+    images, labels = images[start:], labels[start:]
     if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{img_path} holds images of shape {images.shape[1:]}; expected (28, 28).",
                         "Point root= at the Fashion-MNIST files, not another IDX dataset.")
@@ -139,7 +172,8 @@ def load_fashion_mnist_arrays(split: str = "train", root=None, limit: int | None
 
 
 def load_fashion_mnist(split: str = "train", root=None, limit: int | None = None):
-    """Fashion-MNIST ``split`` ("train" or "test") as a ``datasets.Dataset`` (columns ``image``, ``label``).
+    """Fashion-MNIST ``split`` (:data:`SPLITS`: "train", "validation", "test", "train+validation") as a
+    ``datasets.Dataset`` (columns ``image``, ``label``).
 
     ``image`` is a ``datasets.Image()`` feature (decodes to a 28x28 PIL image, mode ``"L"``); ``label`` is a
     ``datasets.ClassLabel`` named by :data:`FASHION_MNIST_LABELS`. Raises :class:`~hf_klas.errors.DataError`
@@ -151,7 +185,7 @@ def load_fashion_mnist(split: str = "train", root=None, limit: int | None = None
     features = datasets.Features({"image": datasets.Image(),
                                   "label": datasets.ClassLabel(names=FASHION_MNIST_LABELS)})
     return datasets.Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features,
-                                      split=datasets.Split.TRAIN if split == "train" else datasets.Split.TEST)
+                                      split=split)
 
 
 def preprocess(images, channels: int = NUM_CHANNELS) -> torch.FloatTensor:

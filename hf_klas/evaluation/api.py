@@ -64,7 +64,9 @@ class _EvalData:
                 "save_to_disk directory or a Hub dataset; default debian_descriptions (LLMs) / fashion_mnist "
                 "(images)."})
     dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    split: str = field(default="test", metadata={"help": "Split to evaluate on."})
+    split: str = field(default="test", metadata={
+        "help": "Split to evaluate on: 'test' for final numbers only; compare, tune and stop on 'validation' "
+                "(fashion_mnist: train / validation / test; debian_descriptions: train / validation / test)."})
     text_column: str = field(default="text", metadata={
         "help": "Text column for perplexity (or a pre-tokenised input_ids column; with prompt/target columns and "
                 "no text column, prompt + ' ' + target)."})
