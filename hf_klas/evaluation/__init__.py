@@ -1,7 +1,8 @@
 """Evaluation: offline ROUGE, generation, perplexity, top-1 accuracy, and Pareto fronts with their AUC."""
 
-from .accuracy import top1_accuracy
+from .accuracy import top1_accuracy, top1_correct
 from .generation import first_lines, generate_texts
+from .intervals import auc_difference, paired_bootstrap_difference, paired_difference, wilson_interval
 from .pareto import (
     AUC_DEFINITION,
     ParetoPoint,
@@ -20,13 +21,18 @@ __all__ = [
     "ROUGE_METRIC_DIR",
     "Rouge",
     "attainment_curve",
+    "auc_difference",
     "front_auc",
     "first_lines",
     "generate_texts",
     "load_rouge",
+    "paired_bootstrap_difference",
+    "paired_difference",
     "pareto_front",
     "perplexity",
     "plot_pareto",
     "top1_accuracy",
+    "top1_correct",
+    "wilson_interval",
     "write_pareto_table",
 ]

@@ -9,7 +9,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ._util import model_device
 
-__all__ = ["top1_accuracy"]
+__all__ = ["top1_accuracy", "top1_correct"]
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -69,12 +69,19 @@ def top1_accuracy(model, dataset_or_loader, batch_size: int = 64, pixel_key: str
     (batch, classes). Accepts a ``DataLoader`` (dict or (x, y) batches), a ``datasets.Dataset`` (columns
     ``pixel_key``/``label_key``), or a map-style torch ``Dataset`` (batched here with ``batch_size``).
     """
+    return float(top1_correct(model, dataset_or_loader, batch_size, pixel_key, label_key, progress).double().mean())
+
+
+def top1_correct(model, dataset_or_loader, batch_size: int = 64, pixel_key: str = "pixel_values",
+                 label_key: str = "labels", progress: bool = True) -> torch.BoolTensor:
+    """Per example (in data order), whether the argmax logit equals the label: what paired intervals and
+    bootstraps over the test set need (:mod:`hf_klas.evaluation.intervals`). Same inputs as :func:`top1_accuracy`."""
     if batch_size < 1:
         raise DataError(f"batch_size={batch_size} must be >= 1.", "Pass a positive batch_size.")
     device = model_device(model)
     was_training = model.training
     model.eval()
-    correct = total = 0
+    hits = []
     try:
         for pixels, labels in tqdm(_batches(dataset_or_loader, batch_size, pixel_key, label_key),
                                    total=_num_batches(dataset_or_loader, batch_size), desc="accuracy",
@@ -88,10 +95,9 @@ def top1_accuracy(model, dataset_or_loader, batch_size: int = 64, pixel_key: str
             if int(labels.min()) < 0 or int(labels.max()) >= logits.shape[-1]:
                 raise DataError(f"Labels span [{int(labels.min())}, {int(labels.max())}] but the model has "
                                 f"{logits.shape[-1]} classes.", "Check label_key and the model's num_labels.")
-            correct += int((logits.argmax(-1) == labels).sum())
-            total += labels.numel()
+            hits.append((logits.argmax(-1) == labels).cpu())
     finally:
         model.train(was_training)
-    if total == 0:
+    if not hits or sum(h.numel() for h in hits) == 0:
         raise DataError("The evaluation data is empty.", "Pass a dataset or loader with at least one example.")
-    return correct / total
+    return torch.cat(hits)
