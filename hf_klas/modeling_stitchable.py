@@ -62,7 +62,8 @@ from .modeling_stitched import (
 )
 
 #: Per thread, the configuration each model's calls run there (``id(model) -> config``): set for the duration of
-#: a ``generate()``, a ``forward(stitch=...)`` or a ``use_stitch`` block, never shared between threads.
+#: a ``generate()`` or a ``use_stitch`` block, never shared between threads (a forward's own ``stitch=`` travels
+#: in its ``StitchedStack``).
 _PINNED = threading.local()
 #: Held while the model-wide default configuration is written or read, so a call never pins half a switch.
 _SWITCH = threading.Lock()
@@ -150,8 +151,8 @@ class StitchablePreTrainedModel:
     # ---- the active configuration -------------------------------------------------------------------------------
     @property
     def config(self) -> StitchableConfig:
-        """The config this thread's calls run: inside a pinned call (``generate()``, ``forward(stitch=...)``,
-        ``use_stitch``) a copy describing its configuration, else :attr:`default_config`."""
+        """The config this thread's calls run: inside a pinned call (``generate()``, ``use_stitch``) a copy
+        describing its configuration, else :attr:`default_config`."""
         pinned = self._pinned()
         return pinned if pinned is not None else self.default_config
 

@@ -1,6 +1,8 @@
 """A stitchable model under load: a configuration per call (generate / forward / pipelines, with a KV cache),
 one object used from many threads with different budgets, and set_stitch never reaching a call in flight."""
 
+# ruff: noqa: F811  (the tests take test_stitchable's module fixtures, imported below, as parameters)
+
 from __future__ import annotations
 
 import sys
@@ -136,8 +138,8 @@ def test_pipelines_take_a_configuration_per_call(cross):
     for kwargs, c in (({"stitch": (1, 2)}, (1, 2)), ({"stitch": [4, 5]}, (4, 5)),
                       ({"budget_flops": budget}, (cheapest["front_blocks"], cheapest["back_start"]))):
         out = generate(prompt, max_new_tokens=4, do_sample=False, return_tensors=True, **kwargs)
-        assert list(out[0]["generated_token_ids"]) == cross.extract(*c).generate(x, max_new_tokens=4,
-                                                                                   do_sample=False)[0].tolist()
+        want = cross.extract(*c).generate(x, max_new_tokens=4, do_sample=False)[0].tolist()
+        assert list(out[0]["generated_token_ids"]) == want
         assert cross.active_stitch == default
 
 
@@ -156,7 +158,7 @@ def test_image_classification_takes_a_configuration_per_call(vision):
     assert vision.active_stitch == default
 
 
-# ---- one object, many threads -----------------------------------------------------------------------------------------
+# ---- one object, many threads ----------------------------------------------------------------------------------
 def run_threads(n: int, work, switcher=None):
     """``work(t)`` in ``n`` threads at once (and ``switcher(stop)`` in one more until they end); their errors."""
     stop = threading.Event()
@@ -174,6 +176,18 @@ def run_threads(n: int, work, switcher=None):
         if side is not None:
             errors.append(side.exception())
     return [e for e in errors if e is not None]
+
+
+def switching(model):
+    """A switcher for :func:`run_threads`: cycles the model-wide default through every configuration until told."""
+    stitches = model.config.stitches
+
+    def switcher(stop):
+        k = 0
+        while not stop.is_set():
+            model.set_stitch(stitches[k % len(stitches)])
+            k += 1
+    return switcher
 
 
 @pytest.mark.parametrize("which", ["cross", "selfstitch"])
@@ -201,13 +215,7 @@ def test_threads_with_their_own_budgets_get_exactly_the_sequential_outputs(which
                 if not torch.equal(got, want[(c, k)]):
                     mismatches.append((t, r, k, c))
 
-    def switcher(stop):
-        k = 0
-        while not stop.is_set():
-            model.set_stitch(stitches[k % len(stitches)])
-            k += 1
-
-    errors = run_threads(6, work, switcher)
+    errors = run_threads(6, work, switching(model))
     assert not errors, errors
     assert not mismatches, mismatches
 
@@ -226,13 +234,7 @@ def test_a_call_in_flight_keeps_the_default_it_started_with(cross, fast_switchin
             if not any(torch.equal(got, w) for w in want.values()):
                 bad.append(t)
 
-    def switcher(stop):
-        k = 0
-        while not stop.is_set():
-            cross.set_stitch(stitches[k % len(stitches)])
-            k += 1
-
-    errors = run_threads(4, work, switcher)
+    errors = run_threads(4, work, switching(cross))
     assert not errors, errors
     assert not bad
     # and a call pinned when it starts ignores a switch made while it runs
@@ -274,12 +276,6 @@ def test_image_classification_from_many_threads(vision, fast_switching):
                 if not torch.equal(vision(pixel_values=x, stitch=c).logits, want[(c, k)]):
                     mismatches.append((t, r, k, c))
 
-    def switcher(stop):
-        k = 0
-        while not stop.is_set():
-            vision.set_stitch(stitches[k % len(stitches)])
-            k += 1
-
-    errors = run_threads(4, work, switcher)
+    errors = run_threads(4, work, switching(vision))
     assert not errors, errors
     assert not mismatches, mismatches
