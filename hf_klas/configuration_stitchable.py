@@ -234,6 +234,13 @@ class StitchableConfig(StitchedConfig):
         self._describe_stitched_stack({})
         self.stitch_info = self.stitch_info_of(self.entry(front_blocks, back_start))
 
+    def for_stitch(self, front_blocks: int, back_start: int) -> "StitchableConfig":
+        """A copy describing configuration ``(i, j)`` (already validated) for one call, the table shared: what a
+        pinned call reads as ``model.config`` while the model-wide default stays as it is."""
+        config = copy.copy(self)
+        config.activate(front_blocks, back_start)
+        return config
+
     def part_config(self, which: str):
         """A part holds *every* block of its anchor (any configuration may run it); the front is also the back in a
         self-stitch."""

@@ -425,23 +425,29 @@ def stitch_grid_params(front_config, back_config, tied_head: bool = False) -> np
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _scaled(x: float, units: list[str], fmt: str) -> str:
-    """Divide by 1000 until the number reads naturally; the base unit is printed as an integer."""
+def _scaled(x: float, units: list[str], fmt: str, digits: int | None = None) -> str:
+    """Divide by 1000 until the number reads naturally. ``digits``: that many significant digits, trailing zeros
+    dropped (so a value a user typed reads back as typed: 7.5 FLOPs, 1.234 GFLOPs); None: an integer base unit and
+    two decimals above it (parameter counts: 1.24B)."""
     x = float(x)
-    if abs(x) < 1000:
-        return fmt.format(f"{x:.0f}", units[0])
-    for unit in units[1:]:
-        x /= 1000
-        if abs(x) < 1000 or unit == units[-1]:
-            return fmt.format(f"{x:.2f}", unit)
+    for k, unit in enumerate(units):
+        if k:
+            x /= 1000
+        if digits is not None:
+            text = f"{x:.{digits}g}"
+            if abs(float(text)) < 1000 or unit == units[-1]:
+                return fmt.format(f"{x:.0f}" if abs(x) >= 1000 else text, unit)
+        elif abs(x) < 1000 or unit == units[-1]:
+            return fmt.format(f"{x:.0f}" if k == 0 else f"{x:.2f}", unit)
     raise AssertionError("unreachable")
 
 
 def format_flops(x) -> str:
-    """``1.23e9 -> "1.23 GFLOPs"`` for logs, plots and model cards; accepts a :class:`FlopsBreakdown`."""
+    """``1.23e9 -> "1.23 GFLOPs"``, ``7.5 -> "7.5 FLOPs"`` (four significant digits) for messages, logs, plots and
+    model cards; accepts a :class:`FlopsBreakdown`."""
     if isinstance(x, FlopsBreakdown):
         x = x.total
-    return _scaled(x, ["FLOPs", "KFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs"], "{} {}")
+    return _scaled(x, ["FLOPs", "KFLOPs", "MFLOPs", "GFLOPs", "TFLOPs", "PFLOPs", "EFLOPs"], "{} {}", digits=4)
 
 
 def format_params(x) -> str:

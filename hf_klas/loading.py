@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import snapshot_download
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -236,7 +237,7 @@ def resolve_anchor(spec, revision: str | None = None) -> Anchor:
         anchor.name_or_path, anchor.hub_id = spec, HUB_IDS.get(spec)
         return anchor
     spec = ALIASES.get(spec, spec)
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         return resolve_anchor(dequantize_gguf(path), revision=revision)
     if path.is_dir():
@@ -245,7 +246,27 @@ def resolve_anchor(spec, revision: str | None = None) -> Anchor:
                               "Point at a directory written by save_pretrained, or at a .gguf file.")
         return Anchor(name_or_path=str(path), config=AutoConfig.from_pretrained(path), directory=path,
                       revision=revision)
+    if _looks_like_path(spec):
+        what = "file" if path.suffix == ".gguf" else "directory"
+        raise HfKlasError(f"No such {what}: {path} (the anchor {spec!r} reads as a local path, not a Hub id).",
+                          "Check the path (save_pretrained writes a directory with config.json), or pass a Hub id "
+                          "'owner/name' or a zoo alias (hf_klas.zoo.ALIASES).")
     return _from_hub(spec, revision)
+
+
+def _looks_like_path(spec: str) -> bool:
+    """Whether a name that is no existing file or directory was meant as a local path: it starts like one
+    (``/``, ``./``, ``../``, ``~``), has a file suffix we read (``.gguf``) or more than one ``/``, or cannot be a
+    Hub repo id at all."""
+    if spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in spec or spec.endswith(".gguf"):
+        return True
+    if spec.count("/") > 1:
+        return True
+    try:
+        validate_repo_id(spec)
+    except HFValidationError:
+        return True
+    return False
 
 
 def _from_hub(repo_id: str, revision: str | None) -> Anchor:

@@ -5,12 +5,18 @@ switched at run time -- SN-Net's "one network, every budget" as an ordinary tran
 configuration: the same forward (one shared block loop, :mod:`hf_klas.modeling_stitched`), KV-cache handling,
 ``generate()``, losses, saving, Auto classes and ``trust_remote_code``. On top:
 
-* ``set_stitch(i, j)`` / ``set_budget(flops_or_fraction)`` switch in O(1): no weight is copied or loaded. The
-  config's description of the stitched stack (``front_blocks`` / ``back_start`` / ``num_hidden_layers`` /
-  ``layer_types``, what ``generate()`` sizes caches from) and every block's KV-cache slot follow the active
-  configuration, and a cache filled by another configuration is refused. ``use_stitch(i, j)`` switches for a
-  ``with`` block; ``from_pretrained(repo, stitch=(i, j))`` or ``budget_flops=...`` picks at load time.
-* ``forward(..., stitch=(i, j))`` runs another configuration for one call, without a KV cache (scoring, training).
+* ``set_stitch(i, j)`` / ``set_budget(flops_or_fraction)`` set the model-wide default in O(1): no weight is
+  copied or loaded, and the config's description of the stitched stack (``front_blocks`` / ``back_start`` /
+  ``num_hidden_layers`` / ``layer_types``) follows. ``from_pretrained(repo, stitch=(i, j))`` or
+  ``budget_flops=...`` picks it at load time.
+* Per call, without touching the default: ``generate(..., stitch=(i, j))`` / ``budget_flops=`` (so pipelines'
+  generate keywords), ``model(..., stitch=...)`` / ``budget_flops=``, and ``with model.use_stitch(i, j):`` for
+  the calls of one thread. Such a call, and every call without one, pins its configuration when it starts: in
+  its thread, ``model.config`` is then a copy describing that configuration (what ``generate()`` sizes caches
+  and masks from), so one object serves many budgets from many threads, each with a KV cache, and a
+  ``set_stitch`` elsewhere never changes a call in flight. Blocks keep one fixed ``layer_idx`` each; the
+  forward gives them a view of the cache that puts each block at its slot in the running stack
+  (:class:`~hf_klas.modeling_stitched.CacheSlots`), and a cache another configuration filled is refused.
 * Training mode with gradients: each forward draws a configuration (``config.sampling``; SN-Net / SN-Netv2), so the
   ordinary ``Trainer`` trains the supernet; the draw is a pure function of ``(sampling_seed, sample_step)``, and
   ``sample_step`` is a saved buffer, so a run resumed from a checkpoint or a saved model continues the sequence.
@@ -29,13 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 
 import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.initialization import no_init_weights
 
-from .anatomy import find_block_path, find_blocks, layer_types_of
+from .anatomy import find_block_path, find_blocks, layer_types_of, set_layer_index
 from .configuration_stitchable import StitchableConfig, config_key
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError, IncompatibleAnchorsError
@@ -53,6 +60,20 @@ from .modeling_stitched import (
     StitchedStack,
     build_parts,
 )
+
+#: Per thread, the configuration each model's calls run there (``id(model) -> config``): set for the duration of
+#: a ``generate()`` or a ``use_stitch`` block, never shared between threads (a forward's own ``stitch=`` travels
+#: in its ``StitchedStack``).
+_PINNED = threading.local()
+#: Held while the model-wide default configuration is written or read, so a call never pins half a switch.
+_SWITCH = threading.Lock()
+
+
+def _pins() -> dict:
+    pins = getattr(_PINNED, "configs", None)
+    if pins is None:
+        pins = _PINNED.configs = {}
+    return pins
 
 
 class StitchablePreTrainedModel:
@@ -76,15 +97,16 @@ class StitchablePreTrainedModel:
         self._back_blocks_path = find_block_path(self.back)
         self._all_blocks = (tuple(find_blocks(self.front)), tuple(find_blocks(self.back)))
         self._all_types = (layer_types_of(front_cfg), layer_types_of(back_cfg))
-        # the modules that write a KV-cache slot, per block: switching re-numbers them without walking the blocks
-        self._cache_writers = tuple(tuple(tuple(m for m in block.modules() if hasattr(m, "layer_idx"))
-                                          for block in blocks) for blocks in self._all_blocks)
+        # One fixed KV-cache index per block, whatever configuration runs (the forward maps it to the block's slot
+        # in the running stack): a front block its index, a back block of another anchor that plus the front's depth.
+        self._back_offset = 0 if config.self_stitch else len(self._all_blocks[0])
+        if not config.self_stitch:
+            for k, block in enumerate(self._all_blocks[1]):
+                set_layer_index(block, self._back_offset + k)
         self.stitches = nn.ModuleDict({
             config_key(i, j): nn.Linear(config.front_config.hidden_size, config.back_config.hidden_size,
                                         bias=config.stitch_bias) for i, j in config.stitches})
         self.register_buffer("sample_step", torch.zeros((), dtype=torch.long))
-        self._sampling_paused = False
-        self._index_layers()
 
     @classmethod
     def from_anchors(cls, front, back=None, configs=None, **kwargs):
@@ -108,15 +130,12 @@ class StitchablePreTrainedModel:
         """``PreTrainedModel.from_pretrained``, plus the configuration to activate: ``stitch=(i, j)`` or
         ``budget_flops=`` (FLOPs, or a fraction in (0, 1] of the back anchor's; see :meth:`set_budget`). Without
         either, the saved active configuration."""
-        if stitch is not None and budget_flops is not None:
-            raise HfKlasError("Both stitch= and budget_flops= were given; it is unclear which decides.",
-                              "Pass stitch=(front_blocks, back_start) or budget_flops=..., not both.")
+        _one_of(stitch, budget_flops)
         loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if stitch is not None:
-            model.set_stitch(stitch)
-        elif budget_flops is not None:
-            model.set_budget(budget_flops)
+        key = model.requested_stitch(stitch, budget_flops)
+        if key is not None:
+            model.set_stitch(key)
         return loaded
 
     def _init_weights(self, module):
@@ -131,6 +150,64 @@ class StitchablePreTrainedModel:
 
     # ---- the active configuration -------------------------------------------------------------------------------
     @property
+    def config(self) -> StitchableConfig:
+        """The config this thread's calls run: inside a pinned call (``generate()``, ``use_stitch``) a copy
+        describing its configuration, else :attr:`default_config`."""
+        pinned = self._pinned()
+        return pinned if pinned is not None else self.default_config
+
+    @config.setter
+    def config(self, value) -> None:
+        self.__dict__["_default_config"] = value
+
+    @property
+    def default_config(self) -> StitchableConfig:
+        """The model's own config: the table and the model-wide default configuration (what ``set_stitch``
+        changes, what is saved)."""
+        try:
+            return self.__dict__["_default_config"]
+        except KeyError:
+            raise AttributeError("config") from None
+
+    def _pinned(self):
+        return _pins().get(id(self))
+
+    @contextlib.contextmanager
+    def _pin(self, key: tuple[int, int] | None):
+        """Run this thread's calls with configuration ``key`` (None: the one they run now) until the block ends."""
+        config = self._described(key)
+        pins = _pins()
+        previous = pins.get(id(self))
+        pins[id(self)] = config
+        try:
+            yield config
+        finally:
+            if previous is None:
+                pins.pop(id(self), None)
+            else:
+                pins[id(self)] = previous
+
+    def _described(self, key: tuple[int, int] | None) -> StitchableConfig:
+        """A config copy describing ``key`` (None: this thread's current configuration, read under the switch
+        lock so a concurrent ``set_stitch`` is seen whole or not at all)."""
+        pinned = self._pinned()
+        if pinned is not None:
+            return pinned if key is None or key == pinned.active_stitch else pinned.for_stitch(*key)
+        with _SWITCH:
+            base = self.default_config
+            return base.for_stitch(*(key if key is not None else base.active_stitch))
+
+    def requested_stitch(self, stitch=None, budget_flops=None) -> tuple[int, int] | None:
+        """The configuration a call asks for: ``stitch=(i, j)`` (checked against the table), ``budget_flops=``
+        (:meth:`set_budget`'s rule), or None when it asks for neither."""
+        _one_of(stitch, budget_flops)
+        if stitch is not None:
+            return self.config.check_stitch(stitch)
+        if budget_flops is not None:
+            return self.config.budget_stitch(budget_flops)
+        return None
+
+    @property
     def back(self) -> nn.Module:
         """The back part; in a self-stitch the front part itself (the anchor's blocks are held once)."""
         back = self._modules.get("back")
@@ -138,6 +215,7 @@ class StitchablePreTrainedModel:
 
     @property
     def active_stitch(self) -> tuple[int, int]:
+        """The configuration this thread's calls run (the model-wide default outside a pinned call)."""
         return self.config.active_stitch
 
     @property
@@ -162,43 +240,49 @@ class StitchablePreTrainedModel:
         return self.stitches[config_key(*self.config.active_stitch)]
 
     def set_stitch(self, front_blocks, back_start: int | None = None) -> tuple[int, int]:
-        """Activate configuration ``(i, j)`` (``set_stitch(i, j)`` or ``set_stitch((i, j))``): what forward,
-        ``generate()`` and pipelines run from now on. O(1) in the weights: nothing is copied or loaded. Returns
-        ``(i, j)``; a configuration without a trained stitch, or of another anchor pair, raises with the table."""
-        i, j = self.config.check_stitch(front_blocks, back_start)
-        self.config.activate(i, j)
-        self._index_layers()
-        self.__dict__.pop("_cache", None)  # transformers 5.0's generate() keeps its static cache across calls
+        """Make ``(i, j)`` the model-wide default (``set_stitch(i, j)`` or ``set_stitch((i, j))``): what calls that
+        ask for no configuration run from now on; calls in flight keep theirs. O(1) in the weights: nothing is
+        copied or loaded. Returns ``(i, j)``; a configuration without a trained stitch, or of another anchor pair,
+        raises with the table."""
+        config = self.default_config
+        i, j = config.check_stitch(front_blocks, back_start)
+        with _SWITCH:
+            config.activate(i, j)
         return i, j
 
     def set_budget(self, budget_flops) -> tuple[int, int]:
-        """Activate the best known configuration within ``budget_flops`` (FLOPs, or a fraction in (0, 1] of the back
-        anchor's): by the measured ``config.selection_metric`` when the table has it, else by the selector's score
-        (KLAS: highest FLOPs bucket, then lowest score), else the dearest that fits. Returns ``(i, j)``."""
-        return self.set_stitch(self.config.budget_stitch(budget_flops))
+        """Make the best known configuration within ``budget_flops`` (FLOPs, or a fraction in (0, 1] of the back
+        anchor's) the default: by the measured ``config.selection_metric`` when the table has it, else by the
+        selector's score (KLAS: highest FLOPs bucket, then lowest score), else the dearest that fits. Returns
+        ``(i, j)``. Per call: ``generate(..., budget_flops=...)``, same rule."""
+        return self.set_stitch(self.default_config.budget_stitch(budget_flops))
 
     @contextlib.contextmanager
     def use_stitch(self, front_blocks, back_start: int | None = None):
-        """Run ``(i, j)`` inside the ``with`` block (generate included; training does not sample), then switch back."""
-        previous, paused = self.config.active_stitch, self._sampling_paused
-        self.set_stitch(front_blocks, back_start)
-        self._sampling_paused = True
-        try:
+        """Run ``(i, j)`` in this thread's calls inside the ``with`` block (generate included; training does not
+        sample); other threads and the model-wide default are untouched."""
+        with self._pin(self.config.check_stitch(front_blocks, back_start)):
             yield self
-        finally:
-            self._sampling_paused = paused
-            self.set_stitch(previous)
 
-    def _index_layers(self) -> None:
-        """Each block of the active stack writes the KV-cache slot of its position in that stack."""
-        i, j = self.config.active_stitch
-        front, back = self._cache_writers
-        for k in range(i):
-            for module in front[k]:
-                module.layer_idx = k
-        for k in range(j, len(back)):
-            for module in back[k]:
-                module.layer_idx = i + k - j
+    @property
+    def _cache(self):
+        # transformers 5.0's generate() keeps its static cache on the model across calls (``self._cache``): keep
+        # one per thread and configuration, so concurrent or switched calls never share or reuse another's.
+        try:
+            return self.__dict__["_static_caches"][self._static_cache_key()]
+        except KeyError:
+            raise AttributeError("_cache") from None
+
+    @_cache.setter
+    def _cache(self, value) -> None:
+        self.__dict__.setdefault("_static_caches", {})[self._static_cache_key()] = value
+
+    @_cache.deleter
+    def _cache(self) -> None:
+        self.__dict__.get("_static_caches", {}).pop(self._static_cache_key(), None)
+
+    def _static_cache_key(self) -> tuple:
+        return threading.get_ident(), self.config.active_stitch
 
     def record_metric(self, name: str, values: dict, higher_is_better: bool = True) -> None:
         """Measured ``values`` (``{(i, j): value}``) of metric ``name`` into the table; ``set_budget`` ranks by it."""
@@ -210,21 +294,25 @@ class StitchablePreTrainedModel:
 
     # ---- what one forward runs ----------------------------------------------------------------------------------
     def stitched_stack(self, kwargs: dict) -> StitchedStack:
-        """``stitch=(i, j)`` from the forward's keywords; else a sampled configuration in training mode with
-        gradients (``config.sampling``); else the active one."""
-        requested = kwargs.pop("stitch", None)
-        active = self.config.active_stitch
+        """``stitch=(i, j)`` / ``budget_flops=`` from the forward's keywords; else the pinned configuration of this
+        thread's call; else a sampled one in training mode with gradients (``config.sampling``); else the default
+        (read once: a concurrent switch changes the next call)."""
+        requested = self.requested_stitch(kwargs.pop("stitch", None), kwargs.pop("budget_flops", None))
+        pinned = self._pinned()
         if requested is not None:
-            key = self.config.check_stitch(requested)
-        elif (self.training and torch.is_grad_enabled() and self.config.sampling is not None
-              and not self._sampling_paused):
-            key = self.sample_stitch()
+            config = self._described(requested)
+        elif pinned is not None:
+            config = pinned
+        elif self.training and torch.is_grad_enabled() and self.default_config.sampling is not None:
+            config = self._described(self.sample_stitch())
         else:
-            key = active
-        i, j = key
+            config = self._described(None)
+        i, j = key = config.active_stitch
         (front, back), (front_types, back_types) = self._all_blocks, self._all_types
+        offset = self._back_offset
+        slots = {k: k for k in range(i)} | {offset + k: i + k - j for k in range(j, len(back))}
         return StitchedStack(Part(self.front, front[:i], front_types[:i]), self.stitches[config_key(i, j)],
-                             Part(self.back, back[j:], back_types[j:]), key, key == active)
+                             Part(self.back, back[j:], back_types[j:]), key, config, slots)
 
     def sample_stitch(self) -> tuple[int, int]:
         """The configuration of the next training forward (advances ``sample_step``)."""
@@ -291,10 +379,23 @@ class StitchablePreTrainedModel:
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
+def _one_of(stitch, budget_flops) -> None:
+    if stitch is not None and budget_flops is not None:
+        raise HfKlasError("Both stitch= and budget_flops= were given; it is unclear which decides.",
+                          "Pass stitch=(front_blocks, back_start) or budget_flops=..., not both.")
+
+
 class StitchableModelForCausalLM(StitchablePreTrainedModel, StitchedModelForCausalLM):
     """A causal LM that runs any of its trained stitch configurations; see the module docstring."""
 
     stitched_class = StitchedModelForCausalLM
+
+    def generate(self, *args, stitch=None, budget_flops=None, **kwargs):
+        """``GenerationMixin.generate``, with configuration ``stitch=(i, j)`` or ``budget_flops=`` for this call
+        (default: the current one), pinned from the first token to the last: the cache is built and checked for
+        it, and a ``set_stitch`` meanwhile changes later calls only."""
+        with self._pin(self.requested_stitch(stitch, budget_flops)):
+            return super().generate(*args, **kwargs)
 
 
 class StitchableModelForImageClassification(StitchablePreTrainedModel, StitchedModelForImageClassification):

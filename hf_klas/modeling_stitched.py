@@ -34,7 +34,7 @@ from .anatomy import (
     set_layer_index,
 )
 from .configuration_stitched import StitchedConfig
-from .errors import StitchPointError
+from .errors import DataError, StitchPointError
 from .families import IMAGE_CLASSIFICATION, family_of
 
 # transformers 5.0 copies only the *direct* relative imports of a local checkpoint's code files (trust_remote_code):
@@ -78,14 +78,47 @@ class Part(NamedTuple):
 
 class StitchedStack(NamedTuple):
     """What one forward runs: the front part, the stitch, the back part. ``key`` is ``(front_blocks, back_start)``;
-    ``follows_config`` says whether the model's config (``num_hidden_layers`` / ``layer_types``, from which
-    ``generate()`` sizes caches) describes this stack -- a stack it does not describe runs without a KV cache."""
+    ``config`` describes this stack (``num_hidden_layers`` / ``layer_types``: the KV cache's layout); ``slots``
+    maps each block's ``layer_idx`` to its KV-cache slot in this stack (None: the indices are the slots already)."""
 
     front: Part
     stitch: nn.Module
     back: Part
     key: tuple[int, int]
-    follows_config: bool = True
+    config: StitchedConfig
+    slots: dict[int, int] | None = None
+
+
+class CacheSlots:
+    """A KV cache as one stack's blocks see it: a block writes slot ``slots[layer_idx]``.
+
+    A stitchable model's blocks keep one fixed ``layer_idx`` each whatever configuration runs, so concurrent
+    calls of different configurations never re-number shared modules; this view puts each block's keys and
+    values at its position in the running stack. Everything but ``update`` is the cache's own."""
+
+    def __init__(self, cache, slots: dict[int, int]):
+        self._cache, self._slots = cache, slots
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        return self._cache.update(key_states, value_states, self._slots[layer_idx], *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+def check_attention_mask(attention_mask, batch: int, length: int, past: int) -> None:
+    """Refuse a 2-D attention mask that does not cover the cached and the new tokens of every sequence: a shorter
+    or longer one would be broadcast or cut by the mask builders, and decode with the wrong tokens masked."""
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.ndim != 2:
+        return  # 4-D masks and generate()'s per-layer-type dicts are the caller's own layout
+    want = (batch, past + length)
+    if tuple(attention_mask.shape) != want:
+        cached = f" + {past} cached" if past else ""
+        raise DataError(
+            f"The attention mask has shape {tuple(attention_mask.shape)}, but the input has {batch} sequence(s) of "
+            f"{length} token(s){cached}: it needs shape {want}, one entry per token (1 = attend, 0 = padding).",
+            "Pass the attention mask the tokenizer returned with these input ids (tokenizer(..., "
+            "return_tensors='pt')), extended by the new tokens when continuing a KV cache.")
 
 
 def claim_cache(cache, key: tuple[int, int], num_layers: int) -> None:
@@ -164,7 +197,7 @@ class StitchedPreTrainedModel(PreTrainedModel):
         cfg = self.config
         return StitchedStack(Part(self.front, self.front_blocks, self.front_layer_types), self.stitch,
                              Part(self.back, self.back_blocks, self.back_layer_types),
-                             (cfg.front_blocks, cfg.back_start))
+                             (cfg.front_blocks, cfg.back_start), cfg)
 
     @property
     def front_blocks(self) -> nn.ModuleList:
@@ -263,6 +296,14 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    def generate(self, inputs=None, *args, **kwargs):
+        """``GenerationMixin.generate``; an attention mask that does not match the input ids is refused first
+        (generate() drops an all-ones mask before the forward sees it, after deriving positions from it)."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids", kwargs.get("inputs_embeds"))
+        if isinstance(ids, torch.Tensor) and ids.ndim >= 2:
+            check_attention_mask(kwargs.get("attention_mask"), ids.shape[0], ids.shape[1], 0)
+        return super().generate(inputs, *args, **kwargs)
+
     def _run_blocks(self, part: Part, hidden, masks, position_ids, cache, use_cache, cache_position, all_hidden,
                     kwargs):
         base = part.model
@@ -326,30 +367,26 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         cache_position = kwargs.pop("cache_position", None)  # passed by transformers 5.0's generate()
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
         self._sync_attn_implementation()
-        use_cache = self.config.use_cache if use_cache is None else use_cache
+        stack = self.stitched_stack(kwargs)
+        config = stack.config  # this call's stack: the cache is laid out and sized for it
+        use_cache = config.use_cache if use_cache is None else use_cache
         if self.training and _checkpointing(self):
             use_cache = False
         output_hidden_states = bool(output_hidden_states)
 
-        stack = self.stitched_stack(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         cache = one_cache(cache, past_key_values)
-        if not stack.follows_config:  # another configuration for this call: the cache layout is the config's
-            if cache is not None:
-                raise StitchPointError(
-                    f"A KV cache was passed to a forward of stitch configuration {stack.key}, which is not the "
-                    "active one the cache is laid out for.",
-                    "Switch to it first (set_stitch / use_stitch), or run this call without a cache.")
-            use_cache = False
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        claim_cache(cache, stack.key, self.config.num_hidden_layers)
+            cache = DynamicCache(config=config)
+        claim_cache(cache, stack.key, config.num_hidden_layers)
         past_seen = cache.get_seq_length() if cache is not None else 0
+        check_attention_mask(attention_mask, inputs_embeds.shape[0], inputs_embeds.shape[1], past_seen)
         if cache_position is None:
             cache_position = torch.arange(past_seen, past_seen + inputs_embeds.shape[1], device=inputs_embeds.device)
         if position_ids is None:
             position_ids = cache_position.unsqueeze(0)
+        block_cache = CacheSlots(cache, stack.slots) if cache is not None and stack.slots is not None else cache
 
         # Both parts' masks are built before any block runs: a block writes the cache, and masks built
         # after that would count the new tokens twice.
@@ -361,8 +398,8 @@ class StitchedModelForCausalLM(StitchedPreTrainedModel, GenerationMixin):
         for k, (part, part_masks) in enumerate(zip(parts, masks)):
             if k:  # between the parts (in a self-stitch both are one module: its position tells, not its identity)
                 hidden = stack.stitch(hidden)
-            hidden = self._run_blocks(part, hidden, part_masks, position_ids, cache, use_cache, cache_position,
-                                      all_hidden, kwargs)
+            hidden = self._run_blocks(part, hidden, part_masks, position_ids, block_cache, use_cache,
+                                      cache_position, all_hidden, kwargs)
         hidden = getattr(stack.back.model, self.anatomy.norm)(hidden)
         if all_hidden is not None:
             all_hidden[-1] = hidden  # transformers convention: the last entry is after the final norm

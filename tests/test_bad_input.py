@@ -127,3 +127,58 @@ def test_calibration_token_ids_outside_the_vocabulary_name_anchor_id_and_size():
         StitchedModel.from_anchors(f, b, front_blocks=2, back_start=3, calibration=[torch.tensor([5, 7, 300])],
                                    progress=False)
     _assert_helpful(e.value, "300", "my-front-anchor", "128 tokens", "tokenizer")
+
+
+@pytest.mark.parametrize("name", ["nope", "nope/deeper", "nope.gguf"])
+def test_a_local_path_that_does_not_exist_says_so_not_a_hub_error(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = tmp_path / name
+    with pytest.raises(HfKlasError) as e:
+        StitchedModel.from_anchors(str(missing), front_blocks=1, back_start=1)
+    _assert_helpful(e.value, "no such", str(missing), "local path")
+    assert "Hub (" not in str(e.value) and "HFValidationError" not in str(e.value)
+    with pytest.raises(HfKlasError, match="No such directory"):
+        StitchedModel.from_anchors("./not-here", front_blocks=1, back_start=1)
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize("kind", ["stitched", "stitchable"])
+def test_an_attention_mask_of_the_wrong_length_is_refused(kind):
+    import torch
+
+    from hf_klas import StitchableModelForCausalLM
+    from hf_klas.errors import DataError
+
+    f, b = llama_pair()
+    if kind == "stitched":
+        model = StitchedModel.from_anchors(f, b, front_blocks=2, back_start=3, stitch_init="identity")
+    else:
+        model = StitchableModelForCausalLM.from_anchors(f, b, configs=[(2, 3), (1, 4)], stitch_init="identity")
+    x = torch.randint(3, 128, (2, 6))
+    for mask in (torch.ones(2, 5, dtype=torch.long), torch.ones(2, 7, dtype=torch.long),
+                 torch.ones(1, 6, dtype=torch.long)):
+        with pytest.raises(DataError) as e:
+            model(x, attention_mask=mask)
+        _assert_helpful(e.value, f"shape {tuple(mask.shape)}", "(2, 6)", "tokenizer")
+        with pytest.raises(DataError):
+            model.generate(x, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    out = model(x, attention_mask=torch.ones(2, 6, dtype=torch.long), use_cache=True)  # the right one passes
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    with pytest.raises(DataError) as e:  # continuing a cache: the mask covers the cached tokens too
+        model(x[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache)
+    _assert_helpful(e.value, "+ 6 cached", "(2, 7)")
+
+
+def test_flops_in_messages_keep_their_significant_digits():
+    from hf_klas import StitchableModelForCausalLM
+    from hf_klas.errors import BudgetError
+    from hf_klas.flops import format_flops
+
+    assert format_flops(7.5) == "7.5 FLOPs"
+    assert format_flops(1_234_000_000) == "1.234 GFLOPs"  # four significant digits, not "1.23"
+    f, b = llama_pair()
+    model = StitchableModelForCausalLM.from_anchors(f, b, configs=[(2, 3), (1, 4)], stitch_init="identity")
+    with pytest.raises(BudgetError) as e:
+        model.set_budget(7.5)
+    _assert_helpful(e.value, "budget of 7.5 FLOPs")
+    assert "8 FLOPs" not in str(e.value)

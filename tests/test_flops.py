@@ -334,7 +334,8 @@ def test_invalid_points_and_pairs():
 def test_family_table_and_formatting():
     assert family_of(llm_configs()["qwen3"]).qk_norm and not family_of(llm_configs()["llama"]).qk_norm
     assert family_of(vit_configs()["deit"]).prefix_tokens == 2
-    assert format_flops(1_234_000_000) == "1.23 GFLOPs"
+    assert format_flops(1_234_000_000) == "1.234 GFLOPs"
+    assert format_flops(1_230_000_000) == "1.23 GFLOPs"
     assert format_flops(999) == "999 FLOPs"
     assert format_flops(anchor_flops(vit_configs()["vit"])).endswith("MFLOPs")
     assert format_params(1_235_814_400) == "1.24B params"

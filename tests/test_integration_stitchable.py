@@ -73,10 +73,11 @@ assert "hf_klas" not in sys.modules and type(model).__name__ == "StitchableModel
 prompt = tok.apply_chat_template([{{"role": "user", "content": "Name a colour."}}], add_generation_prompt=True,
                                  return_tensors="pt", return_dict=True)
 out = {{}}
-for c in model.config.stitches:
-    model.set_stitch(c)
-    new = model.generate(**prompt, max_new_tokens=10, do_sample=False)[0, prompt["input_ids"].shape[1]:]
+default = model.active_stitch
+for c in model.config.stitches:  # a configuration per call, with the shipped code alone
+    new = model.generate(**prompt, stitch=c, max_new_tokens=10, do_sample=False)[0, prompt["input_ids"].shape[1]:]
     out[str(c)] = {{"ids": new.tolist(), "text": tok.decode(new, skip_special_tokens=True)}}
+assert model.active_stitch == default
 print(json.dumps(out))
 """
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}

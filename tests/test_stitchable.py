@@ -148,8 +148,11 @@ def test_the_active_configuration_drives_config_cache_slots_and_repr(cross):
         assert cfg.num_hidden_layers == i + 6 - j == len(cfg.layer_types)
         assert cfg.stitch_info == {k: v for k, v in cfg.entry(i, j).items() if k in ("flops", "params")} | {
             "flops_unit": "per sequence of 128 tokens"}
-        slots = [b.self_attn.layer_idx for b in list(cross.front_blocks) + list(cross.back_blocks)]
+        # blocks keep one fixed KV-cache index; the stack maps each to its position in the running configuration
+        stack = cross.stitched_stack({})
+        slots = [stack.slots[b.self_attn.layer_idx] for b in list(stack.front.blocks) + list(stack.back.blocks)]
         assert slots == list(range(cfg.num_hidden_layers))
+        assert [b.self_attn.layer_idx for b in cross.back_blocks] == list(range(4 + j, 10))
         assert f"active_stitch=({i}, {j})" in repr(cross).splitlines()[1]
         assert json.loads(cfg.to_json_string())["front_blocks"] == i
 
@@ -178,8 +181,8 @@ def test_switching_between_generate_calls_leaks_no_cache_state(cross):
     cross.set_stitch(4, 5)
     with pytest.raises(StitchPointError, match=r"holds 10 tokens of stitch configuration \(2, 3\)"):
         cross(x[:, -1:], past_key_values=cache)
-    with pytest.raises(StitchPointError, match="not the active one"):
-        cross(x[:, -1:], past_key_values=cache, stitch=(1, 2))
+    with pytest.raises(StitchPointError, match=r"holds 10 tokens of stitch configuration \(2, 3\)"):
+        cross(x[:, -1:], past_key_values=cache, stitch=(1, 2))  # nor by a per-call configuration
     cross.set_stitch(2, 3)  # its own configuration continues it
     step = cross(x[:, -1:], past_key_values=cache).logits[:, -1]
     full = singles[(2, 3)](torch.cat([x, x[:, -1:]], 1), use_cache=False).logits[:, -1]
