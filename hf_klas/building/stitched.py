@@ -19,18 +19,18 @@ from transformers import GenerationConfig
 from transformers.initialization import no_init_weights
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
-from .activations import output_of, run_prefix
-from .anatomy import find_block_path, ties_embeddings
-from .calibration import calibration_batches
-from .configuration_stitched import StitchedConfig
-from .errors import HfKlasError, IncompatibleAnchorsError
-from .families import CAUSAL_LM, IMAGE_CLASSIFICATION, family_of
-from .flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
-from .loading import Anchor, resolve_anchor, same_anchor
-from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
-from .selection.api import select_for_budget
-from .selection.selectors import DEFAULT_METHOD
-from .stitch_init import LeastSquaresAccumulator
+from ..activations import output_of, run_prefix
+from ..anatomy import find_block_path, ties_embeddings
+from ..calibration import calibration_batches
+from ..configuration_stitched import StitchedConfig
+from ..errors import HfKlasError, IncompatibleAnchorsError
+from ..families import CAUSAL_LM, IMAGE_CLASSIFICATION, family_of
+from ..flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
+from ..loading import Anchor, resolve_anchor, same_anchor
+from ..modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
+from ..selection.api import select_for_budget
+from ..selection.selectors import DEFAULT_METHOD
+from ..stitch_init import LeastSquaresAccumulator
 
 TASK_CLASSES = {CAUSAL_LM: StitchedModelForCausalLM, IMAGE_CLASSIFICATION: StitchedModelForImageClassification}
 
