@@ -10,7 +10,8 @@ from .stitchable import (
     init_stitches_identity,
     load_anchor_parts,
 )
-from .stitched import StitchedModel, build_stitched, fit_stitch, load_anchor_weights
+from .stitched import StitchedModel, build_stitched, fit_stitch
+from .weights import copy_tensors, load_anchor_weights
 
-__all__ = ["STITCH_INITS", "STITCHABLE_CLASSES", "StitchedModel", "build_stitchable", "build_stitched", "fit_stitch",
-           "fit_stitches", "init_stitches_identity", "load_anchor_parts", "load_anchor_weights"]
+__all__ = ["STITCH_INITS", "STITCHABLE_CLASSES", "StitchedModel", "build_stitchable", "build_stitched", "copy_tensors",
+           "fit_stitch", "fit_stitches", "init_stitches_identity", "load_anchor_parts", "load_anchor_weights"]

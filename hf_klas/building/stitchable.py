@@ -8,73 +8,33 @@ every stitch is fitted by streamed least squares (SN-Net's initialisation) in on
 from __future__ import annotations
 
 import torch
-from torch import nn
-from tqdm.auto import tqdm
 from transformers.initialization import no_init_weights
 
 from ..activations import run_prefix
 from ..anatomy import ties_embeddings
-from ..calibration import calibration_batches
 from ..configuration_stitchable import StitchableConfig, config_key, equal_width_buckets
-from ..errors import HfKlasError, IncompatibleAnchorsError
-from ..families import CAUSAL_LM, IMAGE_CLASSIFICATION, family_of
+from ..errors import HfKlasError
+from ..families import CAUSAL_LM, IMAGE_CLASSIFICATION
 from ..flops import DEFAULT_SEQ_LEN
 from ..loading import Anchor, resolve_anchor, same_anchor
 from ..modeling_stitchable import StitchableModelForCausalLM, StitchableModelForImageClassification
 from ..selection.api import check_plan_matches
 from ..selection.plan import StitchPlan
-from ..stitch_init import LeastSquaresAccumulator
-from .stitched import build_back_prefix, copy_generation_config
+from .fit import STITCH_INITS, calibration_for, check_stitch_init, fit_least_squares, init_identity
+from .weights import anchor_prefix, copy_generation_config, load_anchor_parts
 
-STITCH_INITS = ("least_squares", "identity")
+__all__ = ["STITCH_INITS", "STITCHABLE_CLASSES", "build_stitchable", "fit_stitches", "init_stitches_identity",
+           "load_anchor_parts"]
+
 STITCHABLE_CLASSES = {CAUSAL_LM: StitchableModelForCausalLM,
                       IMAGE_CLASSIFICATION: StitchableModelForImageClassification}
 
 
-def _copy_tensors(anchor: Anchor, targets: dict, fallbacks: dict | None = None) -> None:
-    """Read each ``{anchor tensor name: destination}`` straight into the destination (lazily, one at a time)."""
-    reader = anchor.state_dict_source()
-    for name, target in targets.items():
-        stored = name if name in reader else (fallbacks or {}).get(name)
-        if stored is None or stored not in reader:
-            raise HfKlasError(f"Tensor {name!r} was not found in anchor {anchor.name_or_path}.",
-                              "Check that the anchor is a complete checkpoint of a supported family.")
-        tensor = reader.get(stored, out=target)
-        if tensor is not target:
-            if tensor.shape != target.shape:
-                raise IncompatibleAnchorsError(f"Tensor {stored} of {anchor.name_or_path} has shape "
-                                               f"{tuple(tensor.shape)}, the model expects {tuple(target.shape)}.",
-                                               "The anchor config and weights disagree; re-save the anchor.")
-            target.copy_(tensor.to(target.dtype))
-    reader.close()
-
-
-@torch.no_grad()
-def load_anchor_parts(model, front: Anchor, back: Anchor) -> None:
-    """Every anchor tensor of a stitchable model. Its parts are whole anchors (blocks keep their own index), so part
-    tensor ``front.<name>`` is the front anchor's ``<base>.<name>``; the head / classifier is the back anchor's (a
-    missing ``lm_head`` is the tied input embedding). The stitches are the model's own."""
-    cfg = model.config
-    parts = [(front, model.front)] + ([] if cfg.self_stitch else [(back, model.back)])
-    for anchor, part in parts:
-        base = family_of(anchor.config).base
-        _copy_tensors(anchor, {f"{base}.{key}": t for key, t in part.state_dict().items()})
-    fam = family_of(back.config)
-    own = {k: t for k, t in model.state_dict().items()
-           if k.startswith("classifier.") or (k == "lm_head.weight" and not cfg.tie_word_embeddings)}
-    _copy_tensors(back, own, {"lm_head.weight": f"{fam.base}.{fam.embed}.weight"})
-
-
-@torch.no_grad()
 def init_stitches_identity(model) -> None:
     """Identity on the shared dimensions, zero bias (a stitched model's own default)."""
-    for lin in model.stitches.values():
-        nn.init.eye_(lin.weight)
-        if lin.bias is not None:
-            lin.bias.zero_()
+    init_identity(model.stitches.values())
 
 
-@torch.no_grad()
 def fit_stitches(model, batches: list[dict], front, back, ridge: float = 1e-4, progress: bool = True) -> dict:
     """Least-squares fit of every stitch (SN-Net's init), one pass over ``batches`` for all of them.
 
@@ -83,22 +43,12 @@ def fit_stitches(model, batches: list[dict], front, back, ridge: float = 1e-4, p
     front, back = resolve_anchor(front), resolve_anchor(back)
     configs = model.config.stitches
     max_i, max_j = max(i for i, _ in configs), max(j for _, j in configs)
-    front_prefix, back_prefix = build_back_prefix(front, max_i), build_back_prefix(back, max_j)
-    d_in, d_out = model.config.front_config.hidden_size, model.config.back_config.hidden_size
-    accs = {c: LeastSquaresAccumulator(d_in, d_out, ridge=ridge) for c in configs}
-    for batch in tqdm(batches, desc="fit supernet stitches (least squares)", disable=not progress):
-        xs = run_prefix(front_prefix, batch, upto=max_i)
-        ys = run_prefix(back_prefix, batch, upto=max_j)
-        mask = batch.get("attention_mask")
-        for (i, j), acc in accs.items():
-            acc.update(xs[i], ys[j], mask)
-    for (i, j), acc in accs.items():
-        weight, bias = acc.solve()
-        lin = model.stitches[config_key(i, j)]
-        lin.weight.copy_(weight.to(lin.weight.dtype))
-        if lin.bias is not None:
-            lin.bias.copy_(bias.to(lin.bias.dtype))
-    return {"tokens": next(iter(accs.values())).count, "ridge": ridge, "configs": len(accs)}
+    front_prefix, back_prefix = anchor_prefix(front, max_i), anchor_prefix(back, max_j)
+    stitches = {(i, j): model.stitches[config_key(i, j)] for i, j in configs}
+    stats, _ = fit_least_squares(stitches, batches, lambda batch: run_prefix(front_prefix, batch, upto=max_i),
+                                 lambda batch: run_prefix(back_prefix, batch, upto=max_j), ridge=ridge,
+                                 progress=progress, desc="fit supernet stitches (least squares)")
+    return {**stats, "configs": len(stitches)}
 
 
 def _plan_configs(plan, front: Anchor, back: Anchor):
@@ -128,8 +78,7 @@ def build_stitchable(front, back=None, configs=None, *, plan=None, calibration=N
         seq_len: tokens per sequence at which LLM FLOPs are counted (default: the plan's, else 128).
         tie_word_embeddings: keep head and input embedding one matrix; default: for a self-stitch of a tied anchor.
     """
-    if stitch_init not in STITCH_INITS:
-        raise HfKlasError(f"Unknown stitch_init {stitch_init!r}.", f"Use one of {', '.join(STITCH_INITS)}.")
+    check_stitch_init(stitch_init)
     front_anchor = resolve_anchor(front, revision=revision)
     back_anchor = front_anchor if back is None else resolve_anchor(back, revision=revision)
     same = same_anchor(front_anchor, back_anchor)
@@ -160,11 +109,9 @@ def build_stitchable(front, back=None, configs=None, *, plan=None, calibration=N
     copy_generation_config(model, back_anchor)
     model.config.name_or_path = f"stitchable({front_anchor.name_or_path} -> {back_anchor.name_or_path})"
     if stitch_init == "least_squares":
-        preprocessor = front_anchor.load_preprocessor() or back_anchor.load_preprocessor()
-        batches = calibration_batches(calibration, front_anchor.config, preprocessor,
-                                      max_samples=max_calibration_samples, max_length=max_length)
+        batches, source = calibration_for(front_anchor, back_anchor, calibration, max_calibration_samples, max_length)
         recipe["stitch_fit"] = fit_stitches(model, batches, front_anchor, back_anchor, ridge=ridge, progress=progress)
-        recipe["calibration"] = "default (hf_klas.calibration)" if calibration is None else "user"
+        recipe["calibration"] = source
     if stitch is not None and budget_flops is not None:
         raise HfKlasError("Both stitch= and budget_flops= were given.", "Pass one of them (or neither: the dearest).")
     if stitch is not None:

@@ -8,156 +8,39 @@ fitted by streamed least squares on calibration activations (front block-``i`` o
 
 from __future__ import annotations
 
-import copy
-import re
-from dataclasses import dataclass
-
 import torch
-from torch import nn
-from tqdm.auto import tqdm
-from transformers import GenerationConfig
 from transformers.initialization import no_init_weights
-from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
 from ..activations import output_of, run_prefix
-from ..anatomy import find_block_path, ties_embeddings
-from ..calibration import calibration_batches
+from ..anatomy import ties_embeddings
 from ..configuration_stitched import StitchedConfig
 from ..errors import HfKlasError, IncompatibleAnchorsError
-from ..families import CAUSAL_LM, IMAGE_CLASSIFICATION, family_of
+from ..families import CAUSAL_LM, IMAGE_CLASSIFICATION
 from ..flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
 from ..loading import Anchor, resolve_anchor, same_anchor
 from ..modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from ..selection.api import select_for_budget
 from ..selection.selectors import DEFAULT_METHOD
-from ..stitch_init import LeastSquaresAccumulator
+from .fit import calibration_for, check_stitch_init, fit_least_squares, init_identity
+from .weights import anchor_prefix, copy_generation_config, load_anchor_weights
 
 TASK_CLASSES = {CAUSAL_LM: StitchedModelForCausalLM, IMAGE_CLASSIFICATION: StitchedModelForImageClassification}
 
 
-@dataclass
-class WeightSource:
-    anchor: str  # "front" | "back"
-    name: str  # tensor name in the anchor's checkpoint / state dict
-    fallback: str | None = None  # e.g. the tied input embedding for a missing lm_head
-
-
-def plan_weight_sources(model: nn.Module, config: StitchedConfig) -> dict[str, WeightSource | None]:
-    """For each stitched tensor, which anchor tensor it is (None: owned by the stitch, computed here)."""
-    fam_f, fam_b = family_of(config.front_config), family_of(config.back_config)
-    out: dict[str, WeightSource | None] = {}
-    for role, part, fam, offset in (("front", model.front, fam_f, 0), ("back", model.back, fam_b, config.back_start)):
-        block_path = find_block_path(part)
-        pattern = re.compile(rf"^{re.escape(block_path)}\.(\d+)\.")
-        for key in part.state_dict():
-            renamed = pattern.sub(lambda m: f"{block_path}.{int(m.group(1)) + offset}.", key)
-            out[f"{role}.{key}"] = WeightSource(role, f"{fam.base}.{renamed}")
-    for key in model.state_dict():
-        if key.startswith("stitch."):
-            out[key] = None
-        elif key == "lm_head.weight":
-            # tied (self-stitch of a tied anchor): the same Parameter as the front embedding, already read
-            out[key] = None if config.tie_word_embeddings else \
-                WeightSource("back", "lm_head.weight", fallback=f"{fam_b.base}.{fam_b.embed}.weight")
-        elif key.startswith("classifier."):
-            out[key] = WeightSource("back", key)
-    return out
-
-
-@torch.no_grad()
-def load_anchor_weights(model: nn.Module, config: StitchedConfig, front: Anchor, back: Anchor) -> dict:
-    """Copy every anchor-owned tensor into ``model``, one tensor at a time; returns
-    ``{"front": names_read, "back": names_read}``."""
-    readers = {"front": front.state_dict_source(), "back": back.state_dict_source()}
-    anchors = {"front": front, "back": back}
-    state = model.state_dict()
-    for key, src in plan_weight_sources(model, config).items():
-        if src is None:
-            continue
-        reader = readers[src.anchor]
-        name = src.name
-        if name not in reader and src.fallback is not None and src.fallback in reader:
-            name = src.fallback
-        if name not in reader:
-            raise HfKlasError(f"Tensor {name!r} was not found in anchor {anchors[src.anchor].name_or_path}.",
-                              "Check that the anchor is a complete checkpoint of a supported family (a layout "
-                              "this family's record in hf_klas/families.py does not map?).")
-        target = state[key]
-        tensor = reader.get(name, out=target)
-        if tensor is target:
-            continue
-        if tensor.shape != target.shape:
-            raise IncompatibleAnchorsError(
-                f"Tensor {name} of the {src.anchor} anchor has shape {tuple(tensor.shape)}, expected "
-                f"{tuple(target.shape)} for {key}.",
-                "The anchor config and weights disagree; re-save the anchor or pass the right config.",
-            )
-        target.copy_(tensor.to(target.dtype))
-    names = {k: list(getattr(r, "names_read", [])) for k, r in readers.items()}
-    for r in readers.values():
-        r.close()
-    return names
-
-
-def build_back_prefix(back: Anchor, upto: int) -> nn.Module:
-    """The back anchor's embeddings + first ``upto`` blocks (what produces the input of block ``upto``)."""
-    if back.model is not None:
-        return back.model
-
-
-    cfg = copy.deepcopy(back.config)
-    keep = max(upto, 1)
-    cfg.num_hidden_layers = keep
-    if getattr(cfg, "layer_types", None) is not None:
-        cfg.layer_types = list(cfg.layer_types)[:keep]
-    fam = family_of(cfg)
-    with no_init_weights():
-        prefix = MODEL_MAPPING[type(cfg)](cfg, **dict(fam.base_kwargs))
-    reader = back.state_dict_source()
-    state = prefix.state_dict()
-    with torch.no_grad():
-        for key, target in state.items():
-            name = f"{fam.base}.{key}"
-            if name not in reader:
-                raise HfKlasError(f"Tensor {name!r} was not found in anchor {back.name_or_path}.",
-                                  "Check that the anchor is a complete checkpoint of a supported family.")
-            tensor = reader.get(name, out=target)
-            if tensor is not target:
-                target.copy_(tensor.to(target.dtype))
-    reader.close()
-    prefix.eval()
-    return prefix
-
-
-@torch.no_grad()
 def fit_stitch(model, back: Anchor, batches: list[dict], ridge: float = 1e-4, progress: bool = True) -> dict:
-    """Least-squares fit of ``model.stitch`` on calibration batches; returns fit statistics."""
-    cfg = model.config
-    j = cfg.back_start
-    prefix = build_back_prefix(back, j)
-    acc = LeastSquaresAccumulator(cfg.front_config.hidden_size, cfg.back_config.hidden_size, ridge=ridge)
+    """Least-squares fit of ``model.stitch`` on calibration batches (the front part's last block output -> the back
+    anchor's block-``back_start`` input); returns fit statistics."""
+    i, j = model.config.front_blocks, model.config.back_start
+    prefix = anchor_prefix(back, j)
     was_training = model.training
     model.eval()
-    held_out = None
-    for k, batch in enumerate(tqdm(batches, desc="fit stitch (least squares)", disable=not progress)):
-        x = output_of(model, model.front_blocks[-1], batch)
-        y = run_prefix(prefix, batch, upto=j)[j]
-        mask = batch.get("attention_mask")
-        if k == len(batches) - 1 and len(batches) > 1:
-            held_out = (x, y, mask)
-        acc.update(x, y, mask)
-    weight, bias = acc.solve()
-    model.stitch.weight.copy_(weight.to(model.stitch.weight.dtype))
-    if model.stitch.bias is not None:
-        model.stitch.bias.copy_(bias.to(model.stitch.bias.dtype))
+    stats, errors = fit_least_squares({(i, j): model.stitch}, batches,
+                                      lambda batch: {i: output_of(model, model.front_blocks[-1], batch)},
+                                      lambda batch: run_prefix(prefix, batch, upto=j), ridge=ridge, progress=progress,
+                                      desc="fit stitch (least squares)", held_out=True)
     model.train(was_training)
-    stats = {"tokens": acc.count, "ridge": ridge}
-    if held_out is not None:
-        x, y, mask = held_out
-        if mask is not None:
-            keep = mask.bool()
-            x, y = x[keep], y[keep]
-        stats["relative_error_last_batch"] = acc.relative_error(weight, bias, x, y)
+    if errors:
+        stats["relative_error_last_batch"] = errors[(i, j)]
     return stats
 
 
@@ -198,8 +81,7 @@ class StitchedModel:
                 the documented offline default.
             stitch_init: ``"least_squares"`` (SN-Net's fit, streamed) or ``"identity"``.
         """
-        if stitch_init not in ("least_squares", "identity"):
-            raise HfKlasError(f"Unknown stitch_init {stitch_init!r}.", "Use 'least_squares' or 'identity'.")
+        check_stitch_init(stitch_init)
         front_anchor = resolve_anchor(front, revision=revision)
         back_anchor = front_anchor if back is None else resolve_anchor(back, revision=revision)
         recipe = {"stitch_init": stitch_init, "ridge": ridge}
@@ -228,12 +110,11 @@ class StitchedModel:
         model = build_stitched(front_anchor, back_anchor, front_blocks, back_start, dtype=dtype)
         model.config.recipe = recipe
         if stitch_init == "least_squares":
-            preprocessor = front_anchor.load_preprocessor() or back_anchor.load_preprocessor()
-            batches = calibration_batches(calibration, front_anchor.config, preprocessor,
-                                          max_samples=max_calibration_samples, max_length=max_length)
+            batches, source = calibration_for(front_anchor, back_anchor, calibration, max_calibration_samples,
+                                              max_length)
             model.config.recipe["stitch_fit"] = fit_stitch(model, back_anchor, batches, ridge=ridge,
                                                            progress=progress)
-            model.config.recipe["calibration"] = "default (hf_klas.calibration)" if calibration is None else "user"
+            model.config.recipe["calibration"] = source
         if plan is not None:
             model.stitch_plan = plan
         return model
@@ -269,7 +150,7 @@ def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: i
         model = model_cls(config)
     model.to(dtype)
     load_anchor_weights(model, config, front, back)
-    _init_owned(model)
+    init_identity([model.stitch])
     model.config.stitch_info = stitch_info(config)
     copy_generation_config(model, back)
     model._hf_klas_preprocessor = back.load_preprocessor() or front.load_preprocessor()
@@ -286,22 +167,3 @@ def stitch_info(config: StitchedConfig, seq_len: int = DEFAULT_SEQ_LEN) -> dict:
     params = stitch_params(f, b, i, j, tied_head=bool(config.tie_word_embeddings))
     return {"flops": int(flops.total), "params": int(params.total),
             "flops_unit": f"per sequence of {seq_len} tokens" if is_lm else "per image"}
-
-
-@torch.no_grad()
-def _init_owned(model):
-    """Identity-like stitch init (before any least-squares fit)."""
-    nn.init.eye_(model.stitch.weight)
-    if model.stitch.bias is not None:
-        model.stitch.bias.zero_()
-
-
-def copy_generation_config(model, back: Anchor) -> None:
-    """The back anchor's generation settings (EOS, sampling defaults) on the stitched model."""
-    if not hasattr(model, "generation_config") or model.generation_config is None:
-        return
-    src = getattr(back.model, "generation_config", None)
-    if src is None and back.directory is not None and (back.directory / "generation_config.json").is_file():
-        src = GenerationConfig.from_pretrained(back.directory)
-    if src is not None:
-        model.generation_config = src
