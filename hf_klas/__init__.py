@@ -36,8 +36,7 @@ for _config, _lm, _vision in ((StitchedConfig, StitchedModelForCausalLM, Stitche
     _lm.register_for_auto_class("AutoModelForCausalLM")
     _vision.register_for_auto_class("AutoModelForImageClassification")
 
-from .building import StitchedModel  # noqa: E402
-from .training.supernet import build_stitchable  # noqa: E402
+from .building import StitchedModel, build_stitchable  # noqa: E402
 
 # StitchableModelFor*.from_anchors needs hf_klas's anchor loading, which does not ship with a checkpoint.
 StitchablePreTrainedModel.anchor_builder = staticmethod(build_stitchable)

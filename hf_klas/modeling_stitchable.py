@@ -113,7 +113,7 @@ class StitchablePreTrainedModel:
         """A stitchable model of ``front -> back`` (``back=None``: self-stitching) over ``configs=[(i, j), ...]`` or
         ``plan=`` (a StitchPlan or ``hf-klas select`` directory: its candidates, scores and FLOPs buckets), every
         stitch fitted by least squares (``calibration=``; ``stitch_init="identity"`` skips the fit). Keywords:
-        ``hf_klas.training.supernet.build_stitchable``'s."""
+        ``hf_klas.building.build_stitchable``'s."""
         builder = StitchablePreTrainedModel.anchor_builder
         if builder is None:
             raise HfKlasError("Building a stitchable model from anchors needs hf_klas (anchor loading, least squares); "

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments, set_seed
 
-from ..building import StitchedModel
+from ..building import STITCH_INITS, StitchedModel, build_stitchable
 from ..calibration import calibration_from_path
 from ..data import get_dataset
 from ..errors import HfKlasError
@@ -37,13 +37,11 @@ from ..selection.plan import StitchPlan
 from .data import prepare_causal_lm_dataset, prepare_image_dataset
 from .finetune import build_trainer
 from .lora import merge_lora
-from .supernet import build_stitchable
 from .trainer import MODES
 from .unwrap import unwrap_model
 
 __all__ = ["FinetuneOptions", "run_finetune", "save_finetuned", "split_finetune_kwargs", "cli_options"]
 
-STITCH_INITS = ("least_squares", "identity")
 SAMPLINGS = ("uniform", "flops")
 
 
