@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
 from .building import StitchedModel
 from .console import quiet_console, stage
@@ -53,12 +53,13 @@ from .evaluation import (
 from .families import CAUSAL_LM, family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops
 from .loading import resolve_anchor
-from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
+from .modeling_stitched import StitchedModelForCausalLM
 from .selection.api import compute_plan, select_anchors, select_for_budget
 from .selection.selectors import default_method
 from .training.data import prepare_causal_lm_dataset, prepare_image_dataset
 from .training.finetune import build_trainer
 from .training.lora import merge_lora
+from .training.recipes import VIT_RECIPE, finetune_arguments, finetune_full
 from .zoo import VIT_ZOO
 
 
@@ -84,12 +85,14 @@ class DemoOptions:
                 "(lowest final-output KL; on this zoo that is the closest pair, tiny -> small). The anchor "
                 "ranking is reported either way."})
     vit_stitches: int | None = field(default=None, metadata={
-        "help": "Stitches to finetune, spread over the FLOPs range strictly between the anchors (default 6; "
+        "help": "Stitches to finetune, spread over the FLOPs range strictly between the anchors (default 4; "
                 "quick 3)."})
     vit_finetune_steps: int | None = field(default=None, metadata={
-        "help": "Finetuning steps per stitch, batch 64 (default 600; quick 60)."})
-    vit_lr: float = field(default=1e-3, metadata={"help": "Peak learning rate of the stitches' finetuning."})
-    vit_anchor_lr_scale: float = field(default=1.0, metadata={
+        "help": "Finetuning steps per anchor and stitch, batch 64 (default 600; quick 60)."})
+    vit_lr: float = field(default=VIT_RECIPE.learning_rate, metadata={
+        "help": "Peak learning rate of the ViT finetuning (hf_klas.training.recipes.VIT_RECIPE, the selection "
+                "study's primary oracle)."})
+    vit_anchor_lr_scale: float = field(default=VIT_RECIPE.anchor_lr_scale, metadata={
         "help": "The anchors' blocks train at this fraction of vit_lr (1: the back blocks adapt as fast as the "
                 "stitch, which a few hundred steps need; SN-Net's long runs use 0.1)."})
     vit_seeds: int | None = field(default=None, metadata={
@@ -116,8 +119,8 @@ def _sizes(opts: DemoOptions) -> dict:
     q = opts.quick
     return {
         "vit_stitches": opts.vit_stitches or (3 if q else 4),
-        "vit_finetune_steps": opts.vit_finetune_steps or (60 if q else 600),
-        "vit_batch": 64,
+        "vit_finetune_steps": opts.vit_finetune_steps or (60 if q else VIT_RECIPE.steps),
+        "vit_batch": VIT_RECIPE.batch_size,
         "vit_seeds": opts.vit_seeds or (1 if q else 2),
         "vit_test_images": opts.vit_test_images or (2000 if q else 10000),
         "vit_validation_images": opts.vit_validation_images or (1000 if q else 5000),
@@ -139,13 +142,6 @@ def _report_dir(opts: DemoOptions) -> Path:
     return out
 
 
-def _training_args(out: str, steps: int, lr: float, batch: int, seed: int) -> TrainingArguments:
-    return TrainingArguments(output_dir=out, max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch,
-                             logging_strategy="no", save_strategy="no", report_to=[], use_cpu=True, seed=seed,
-                             data_seed=seed, lr_scheduler_type="cosine", warmup_steps=0.05,  # < 1: a ratio
-                             dataloader_num_workers=0, disable_tqdm=True)
-
-
 def spread(candidates: list, k: int, lo: float, hi: float) -> list:
     """Up to ``k`` candidates strictly between FLOPs ``lo`` and ``hi``, evenly spread over that range by cost."""
     inside = sorted((c for c in candidates if lo < c.flops < hi), key=lambda c: c.flops)
@@ -163,20 +159,13 @@ def _interval(correct: torch.Tensor) -> dict:
 
 
 def _finetune_vit(model, train, steps: int, batch: int, seed: int, opts: DemoOptions):
-    """The one extra-training recipe every ViT of the demo gets, anchors and stitches alike: every weight trains
-    (``mode="full"``), the anchors' weights at ``vit_anchor_lr_scale`` x ``vit_lr`` (a plain anchor has nothing
-    else), cosine schedule, the same steps, batch, data and data order for a given seed."""
+    """The one extra-training recipe every ViT of the demo gets, anchors and stitches alike
+    (:data:`~hf_klas.training.recipes.VIT_RECIPE`): every weight trains, the anchors' weights at
+    ``vit_anchor_lr_scale`` x ``vit_lr``, cosine schedule, the same steps, batch, data and data order per seed."""
     with tempfile.TemporaryDirectory() as tmp:
-        args = _training_args(tmp, steps, lr=opts.vit_lr, batch=batch, seed=seed)
-        if isinstance(model, StitchedModelForImageClassification):
-            trainer = build_trainer(model, args, train, mode="full", anchor_lr_scale=opts.vit_anchor_lr_scale,
-                                    quiet=True)
-        else:
-            set_seed(seed)
-            trainer = build_trainer(model, args, train, prepare=False, anchor_lr_scale=opts.vit_anchor_lr_scale,
-                                    quiet=True)
-        trainer.train()
-    return model.eval()
+        args = finetune_arguments(tmp, steps, opts.vit_lr, batch, seed,
+                                  lr_scheduler_type=VIT_RECIPE.lr_scheduler_type, warmup_ratio=VIT_RECIPE.warmup_ratio)
+        return finetune_full(model, args, train, anchor_lr_scale=opts.vit_anchor_lr_scale)
 
 
 def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
@@ -353,7 +342,7 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
         projections, lr 2e-4, batch 4, the same steps and data order; the stitch layer also trains."""
         set_seed(opts.seed)  # the LoRA matrices are drawn from the global RNG: the same draw for both
         with tempfile.TemporaryDirectory() as tmp:
-            args = _training_args(tmp, steps=steps, lr=2e-4, batch=4, seed=opts.seed)
+            args = finetune_arguments(tmp, steps, 2e-4, 4, opts.seed)
             if isinstance(model, StitchedModelForCausalLM):
                 trainer = build_trainer(model, args, ds, mode="lora", lora_r=16, processing_class=tok, quiet=True)
                 trainer.train()

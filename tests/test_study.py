@@ -204,8 +204,20 @@ def _check_report(report: dict):
         assert st["metric"] in {"top1_accuracy", "perplexity", "rougeL"}
         if st["kind"] == "vit":
             expected |= {"klas:probenet", "theta:probenet", "klas:logit_lens@eps_rel=0.1"}
-            assert len(st["oracle"]["seeds"]) == 2 and st["protocol"] in ("full", "stitch")
+            assert len(st["oracle"]["seeds"]) == 2 and st["protocol"] in ("demo", "full")
             assert all(c["quality_std"] is not None for c in pool)
+            # both protocols train every weight, so the anchors get the same finetune per seed (shipped kept)
+            for a in st["anchors"]:
+                assert a["finetuned"] and len(a["metric_per_seed"]) == 2 and 0 <= a["metric_shipped"] <= 1
+                assert a["metric"] == pytest.approx(sum(a["metric_per_seed"]) / 2)
+            vs = st["versus_cheaper_anchor"]
+            cheap = min(st["anchors"], key=lambda a: a["flops"])
+            assert vs["anchor"] == cheap["name"] and vs["anchor_metric"] == cheap["metric"]
+            assert vs["best_quality"] == max(c["quality"] for c in pool)
+            assert vs["difference"] == pytest.approx(vs["best_quality"] - cheap["metric"])
+            assert vs["low"] <= vs["difference"] <= vs["high"]
+            assert vs["configs_at_least"] == sum(c["quality"] >= cheap["metric"] for c in pool)
+            assert "validation" in st["oracle"]["description"] and st["evaluation_images"] == 64
         else:
             expected |= {"block_influence", "ls_replacement", "klas:logit_lens@last_denominator=median"}
         assert expected <= set(st["selectors"]), expected - set(st["selectors"])
@@ -224,8 +236,9 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
     report = json.loads((tmp_path / "sq.json").read_text())
     _check_report(report)
     names = [st["name"] for st in report["studies"]]
-    assert [st["protocol"] for st in report["studies"]] == ["full", "stitch", "training-free", "lora",
+    assert [st["protocol"] for st in report["studies"]] == ["demo", "full", "training-free", "lora",
                                                             "training-free", "lora"], names
+    assert report["data"]["vit"]["test"] == "not read"
     assert [st["metric"] for st in report["studies"]][2:] == ["perplexity", "perplexity", "rougeL", "rougeL"]
     lora = report["studies"][3]["oracle"]["configs"]
     assert lora and len({c["bucket"] for c in lora}) == 1  # the quick run: one LoRA bucket
@@ -248,7 +261,7 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
     assert redo["reanalysis"]["from"] == [str(tmp_path / "sq.json")]
 
     # the same report split into a vit run and an lm run (two machines, say) combines back into it
-    for part, keep in (("vit", ("full", "stitch")), ("lm", ("training-free", "lora"))):
+    for part, keep in (("vit", ("demo", "full")), ("lm", ("training-free", "lora"))):
         piece = dict(report, options=dict(report["options"], studies=[part]), command=f"run --studies {part}",
                      studies=[st for st in report["studies"] if st["protocol"] in keep],
                      data={part: report["data"][part]}, wall_seconds=report["wall_seconds"] / 2)
@@ -268,6 +281,33 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
     with pytest.raises(HfKlasError, match="different hf_klas versions"):
         run_quality(QualityOptions(from_json=[parts[0], str(tmp_path / "old.json")], out_dir=str(tmp_path / "x"),
                                    progress=False))
+
+
+def test_the_study_never_reads_test_data(tiny_anchors, tmp_path, monkeypatch):
+    """The study picks defaults, so no test image or test text may enter it: loading either fails here."""
+    import hf_klas.data.debian_descriptions as debian
+    import hf_klas.study.runner as runner
+
+    real_images, real_texts = runner.load_fashion_mnist_arrays, debian.load_debian_descriptions
+    asked = []
+
+    def images(split, *a, **k):
+        asked.append(split)
+        assert split != "test", "the study read Fashion-MNIST test images"
+        return real_images(split, *a, **k)
+
+    def texts(split="train", *a, **k):
+        asked.append(split)
+        assert split != "test", "the study read Debian test descriptions"
+        return real_texts(split, *a, **k)
+
+    monkeypatch.setattr(runner, "load_fashion_mnist_arrays", images)
+    monkeypatch.setattr(runner, "load_debian_descriptions", texts)
+    front, back, lm = tiny_anchors
+    run_quality(QualityOptions(quick=True, jobs=1, vit_pairs=[f"{front}:{back}"], lm_anchor=lm,
+                               out_dir=str(tmp_path), progress=False, vit_selectors=["klas", "random"],
+                               lm_selectors=["theta", "random"]))
+    assert {"train", "validation"} <= set(asked)
 
 
 def test_cli_lists_quality_options():

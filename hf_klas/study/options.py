@@ -7,13 +7,14 @@ from pathlib import Path
 
 from ..errors import HfKlasError
 from ..selection.selectors import SELECTORS
+from ..training.recipes import VIT_RECIPE
 
 #: Selector specs: ``method[:probe][@option=value,...]`` (e.g. ``klas:probenet``, ``klas@eps_rel=0.1``).
 VIT_SELECTORS = ["klas", "klas:probenet", "klas:tuned_lens", "theta", "theta:probenet", "ce", "ce:probenet",
                  "klas@eps_rel=0.1", "klas@eps_rel=1.0", "snnet", "cka", "mse", "random"]
 LM_SELECTORS = ["klas", "klas:tuned_lens", "theta", "ce", "klas@last_denominator=median", "klas@eps_rel=0.1",
                 "snnet", "cka", "mse", "block_influence", "ls_replacement", "random"]
-PROTOCOLS = ("full", "lora", "stitch")
+PROTOCOLS = ("demo", "full", "lora", "stitch")
 
 
 @dataclass
@@ -29,27 +30,39 @@ class QualityOptions:
                 "seconds; the results are meaningless."})
     # ---- ViT pairs ------------------------------------------------------------------------------------------
     vit_pairs: list[str] = field(default_factory=lambda: ["vit-fmnist-tiny:vit-fmnist-small",
-                                                          "vit-fmnist-small:vit-fmnist-base"], metadata={
+                                                          "vit-fmnist-small:vit-fmnist-base",
+                                                          "vit-fmnist-tiny:vit-fmnist-base"], metadata={
         "help": "ViT anchor pairs 'front:back' (aliases or directories); every valid configuration between the two "
-                "anchors' FLOPs is in the pool."})
-    vit_protocols: list[str] = field(default_factory=lambda: ["full", "stitch"], metadata={
-        "help": "Oracle finetuning protocols, each its own study with the same pool and selector scores: full "
-                "(every weight adapts; anchors at anchor_lr_scale x LR, the way users finetune a stitch), lora "
-                "(LoRA on the blocks + the stitch), stitch (the stitch layer alone)."})
+                "anchors' FLOPs is in the pool. tiny:base is the demo's pair."})
+    vit_protocols: list[str] = field(default_factory=lambda: ["demo", "full"], metadata={
+        "help": "Oracle finetuning protocols, each its own study with the same pool and selector scores: demo (the "
+                "primary oracle: hf_klas.training.recipes.VIT_RECIPE, the recipe hf-klas demo finetunes every "
+                "anchor and stitch with -- every weight at the peak lr, cosine, vit_demo_steps), full (v2's: every "
+                "weight, anchors at vit_anchor_lr_scale x LR, linear decay, vit_steps), lora (LoRA on the blocks + "
+                "the stitch), stitch (the stitch layer alone). Under demo and full the anchors get the same "
+                "finetune per seed."})
     vit_seeds: list[int] = field(default_factory=lambda: [0, 1], metadata={
         "help": "Finetune seeds (the seed sets the data order) of every configuration and protocol."})
-    vit_steps: int = field(default=150, metadata={"help": "Finetuning steps per configuration, protocol and seed."})
-    vit_batch_size: int = field(default=64, metadata={"help": "Finetuning batch size."})
+    vit_demo_steps: int = field(default=VIT_RECIPE.steps, metadata={
+        "help": "Steps of the demo protocol (the demo's; batch, lr, schedule are VIT_RECIPE's)."})
+    vit_steps: int = field(default=150, metadata={
+        "help": "Finetuning steps per configuration and seed of the full, lora and stitch protocols."})
+    vit_batch_size: int = field(default=64, metadata={"help": "Batch size of the full, lora and stitch protocols."})
     vit_lr: float = field(default=1e-3, metadata={
-        "help": "Learning rate of the stitch (and LoRA adapters); anchors get anchor_lr_scale x this in full mode."})
+        "help": "Learning rate of the stitch (and LoRA adapters) in the full, lora and stitch protocols; anchors "
+                "get vit_anchor_lr_scale x this in full."})
     vit_anchor_lr_scale: float = field(default=0.1, metadata={"help": "Anchor LR scale of the full protocol."})
-    vit_train_samples: int = field(default=9600, metadata={
-        "help": "Fixed finetuning subset: the first N Fashion-MNIST training images."})
-    vit_test_samples: int = field(default=2000, metadata={
-        "help": "Fixed evaluation subset: the first N Fashion-MNIST test images."})
-    vit_calibration_samples: int = field(default=512, metadata={
-        "help": "Calibration images (the last N of the fixed training subset's source, images 59,488..59,999 of "
-                "the training split, with labels for ProbeNet), disjoint from finetuning and evaluation."})
+    vit_train_samples: int = field(default=VIT_RECIPE.steps * VIT_RECIPE.batch_size, metadata={
+        "help": "Fixed finetuning subset: the first N images of the Fashion-MNIST train split (rows 0..54,999 of "
+                "the training file); default = the demo's steps x batch (each image once)."})
+    vit_eval_samples: int = field(default=5000, metadata={
+        "help": "Oracle evaluation: the first N images of the validation split (rows 55,000..59,999 of the "
+                "training file; 5000 = all of it). The test split is never read by the study: it picks "
+                "defaults."})
+    vit_calibration_samples: int = field(default=256, metadata={
+        "help": "Calibration images of the least-squares stitch init and the selectors (with labels for "
+                "ProbeNet): the first N images of the train split, as the library's default calibration and the "
+                "demo."})
     vit_selectors: list[str] = field(default_factory=lambda: list(VIT_SELECTORS), metadata={
         "help": "Selectors for ViT pairs: method[:probe][@option=value,...]."})
     # ---- LLM self-stitching ---------------------------------------------------------------------------------
@@ -59,7 +72,7 @@ class QualityOptions:
     lm_max_configs: int = field(default=0, metadata={
         "help": "Training-free pool: at most this many configurations (seeded random subset); 0 = all."})
     lm_eval_texts: int = field(default=16, metadata={
-        "help": "Debian descriptions (test split, seeded shuffle) for perplexity."})
+        "help": "Debian descriptions (v2 validation split, seeded shuffle) for perplexity."})
     lm_calibration_texts: int = field(default=32, metadata={
         "help": "Debian descriptions (train split) for the least-squares stitch fit; the selectors use the first "
                 "lm_selector_texts of them."})
@@ -69,7 +82,8 @@ class QualityOptions:
         "help": "Debian descriptions are cut to this many characters (every LM text of the study), so prompt + "
                 "synopsis fit lm_max_length and the LoRA oracle trains on the synopsis."})
     lm_rouge_texts: int = field(default=16, metadata={
-        "help": "Debian test packages whose synopsis every configuration generates (ROUGE-L); 0 = perplexity only."})
+        "help": "Debian v2 validation packages whose synopsis every configuration generates (ROUGE-L); 0 = "
+                "perplexity only."})
     lm_max_new_tokens: int = field(default=16, metadata={"help": "Greedy new tokens per generated synopsis."})
     lm_lora_buckets: int = field(default=3, metadata={
         "help": "LoRA oracle: every configuration of the LoRA grid in this many FLOPs buckets (the cheapest, a "
@@ -199,8 +213,8 @@ def _value(text: str):
 def quick(opts: QualityOptions) -> QualityOptions:
     """Smoke-test sizes: every code path, seconds instead of an hour."""
     return replace(
-        opts, vit_pairs=opts.vit_pairs[:1], vit_seeds=opts.vit_seeds[:2], vit_steps=2, vit_batch_size=16,
-        vit_train_samples=64, vit_test_samples=64, vit_calibration_samples=32,
+        opts, vit_pairs=opts.vit_pairs[:1], vit_seeds=opts.vit_seeds[:2], vit_steps=2, vit_demo_steps=2,
+        vit_batch_size=16, vit_train_samples=64, vit_eval_samples=64, vit_calibration_samples=32,
         lm_eval_texts=2, lm_calibration_texts=4, lm_rouge_texts=min(opts.lm_rouge_texts, 2), lm_max_new_tokens=4,
         lm_selector_texts=2, lm_max_length=64, lm_description_chars=80, lm_max_configs=5,
         lm_lora_buckets=min(opts.lm_lora_buckets, 1),

@@ -1,8 +1,9 @@
 """The study's ground truth: every configuration of a pool given the same treatment, and its quality measured.
 
-* :func:`vit_oracle` -- least-squares init, then per protocol and seed an identical finetune (``full``: every
-  weight adapts, anchors at a lower LR, the way users finetune a stitch; ``lora``; ``stitch``: the stitch layer
-  alone), top-1 on a fixed test subset. The LS init is built once per configuration.
+* :func:`vit_oracle` -- least-squares init, then per protocol (:class:`VitProtocol`) and seed an identical finetune
+  (``demo``: the demo's recipe, every weight; ``full``: every weight, anchors at a lower LR; ``lora``; ``stitch``:
+  the stitch layer alone), top-1 on a fixed validation subset. The LS init is built once per configuration.
+  :func:`vit_anchor_oracle` gives the anchors the same finetune where that means the same thing.
 * :func:`lm_self_stitch_oracle` -- training-free, for many self-stitch configurations at once: the anchor runs once
   and every block's output is cached, so a configuration costs only its back blocks (perplexity) and, with
   prompts, a greedy generation through the anchor's own ``generate`` with the block list swapped.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,8 +34,10 @@ from ..stitch_init import LeastSquaresAccumulator
 from ..training.data import prepare_causal_lm_dataset
 from ..training.finetune import build_trainer
 from ..training.lora import merge_lora
+from ..training.recipes import finetune_arguments, finetune_full
 
-__all__ = ["PixelDataset", "vit_oracle", "block_outputs", "self_stitch_fits", "lm_self_stitch_oracle",
+__all__ = ["PixelDataset", "VitProtocol", "vit_oracle", "vit_anchor_oracle", "block_outputs", "self_stitch_fits",
+           "lm_self_stitch_oracle",
            "lm_lora_oracle", "training_arguments"]
 
 
@@ -50,39 +54,94 @@ class PixelDataset(torch.utils.data.Dataset):
         return {"pixel_values": self.pixels[k], "labels": self.labels[k]}
 
 
-def training_arguments(out: str, steps: int, batch: int, lr: float, seed: int) -> TrainingArguments:
+def training_arguments(out: str, steps: int, batch: int, lr: float, seed: int, *, lr_scheduler_type: str = "linear",
+                       warmup_ratio: float = 0.0) -> TrainingArguments:
     """The oracle's finetuning: identical for every configuration; the seed sets the data order."""
-    return TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
-                             weight_decay=0.0, warmup_steps=0, lr_scheduler_type="linear", seed=seed, data_seed=seed,
-                             report_to=[], save_strategy="no", logging_strategy="no", disable_tqdm=True,
-                             use_cpu=True, dataloader_num_workers=0)
+    return finetune_arguments(out, steps, lr, batch, seed, lr_scheduler_type=lr_scheduler_type,
+                              warmup_ratio=warmup_ratio)
 
 
-def vit_oracle(front, back, pool: list[dict], data, *, protocols, seeds, steps: int, batch: int, lr: float,
-               anchor_lr_scale: float, ridge: float, on_config=None) -> None:
-    """Fill every pool entry with ``quality_init`` and ``quality_per_seed[protocol]`` (top-1 on the test data)."""
-    train, test, _calib_sel, calib_ls = data
+@dataclass(frozen=True)
+class VitProtocol:
+    """One oracle finetuning protocol: how every configuration (and, where it means the same thing, every anchor)
+    is trained before its accuracy is measured."""
+
+    name: str
+    mode: str  # build_trainer's mode: full | lora | stitch
+    steps: int
+    batch_size: int
+    learning_rate: float
+    anchor_lr_scale: float
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+
+    @property
+    def trains_anchors(self) -> bool:
+        """Full finetuning means the same for a plain anchor (every weight at ``anchor_lr_scale``); LoRA and
+        stitch-only training have no anchor counterpart, so their anchors are compared as shipped."""
+        return self.mode == "full" and self.steps > 0
+
+    def arguments(self, out: str, seed: int) -> TrainingArguments:
+        return training_arguments(out, self.steps, self.batch_size, self.learning_rate, seed,
+                                  lr_scheduler_type=self.lr_scheduler_type, warmup_ratio=self.warmup_ratio)
+
+    def describe(self) -> str:
+        what = {"full": f"full finetuning (every weight; stitch at lr {self.learning_rate:g}, anchors at "
+                        f"{self.anchor_lr_scale:g}x)",
+                "lora": f"LoRA on the blocks + the stitch (lr {self.learning_rate:g})",
+                "stitch": f"the stitch layer alone (lr {self.learning_rate:g}; back blocks frozen)"}[self.mode]
+        warm = f" after {self.warmup_ratio:.0%} warm-up" if self.warmup_ratio else ""
+        return (f"{self.steps} steps of {what}, AdamW, {self.lr_scheduler_type} schedule{warm}, batch "
+                f"{self.batch_size}")
+
+
+def _train(model, protocol: VitProtocol, train, seed: int, tmp: str):
+    if protocol.steps <= 0:
+        return model
+    if protocol.mode == "full":
+        return finetune_full(model, protocol.arguments(tmp, seed), train, anchor_lr_scale=protocol.anchor_lr_scale)
+    trainer = build_trainer(model, protocol.arguments(tmp, seed), train, mode=protocol.mode,
+                            anchor_lr_scale=protocol.anchor_lr_scale, quiet=True)
+    trainer.train()
+    return trainer.model
+
+
+def vit_oracle(front, back, pool: list[dict], data, *, protocols: list[VitProtocol], seeds, ridge: float,
+               on_config=None) -> None:
+    """Fill every pool entry with ``quality_init`` and ``quality_per_seed[protocol]`` (top-1 on the evaluation
+    data, the validation split by default)."""
+    train, evaluation, _calib_sel, calib_ls = data
     with tempfile.TemporaryDirectory(prefix="hf_klas_study_") as tmp:
         for c in pool:
             init = StitchedModel.from_anchors(front, back, front_blocks=c["front_blocks"], back_start=c["back_start"],
                                               calibration=calib_ls, ridge=ridge, progress=False)
-            c["quality_init"] = top1_accuracy(init, test, progress=False)
+            c["quality_init"] = top1_accuracy(init, evaluation, progress=False)
             c["quality_per_seed"] = {}
             for protocol in protocols:
                 accs = []
                 for seed in seeds:
-                    model = copy.deepcopy(init)
-                    if steps > 0:
-                        trainer = build_trainer(model, training_arguments(tmp, steps, batch, lr, seed), train,
-                                                mode=protocol, anchor_lr_scale=anchor_lr_scale, quiet=True)
-                        trainer.train()
-                        model = trainer.model
-                    accs.append(top1_accuracy(model, test, progress=False))
+                    model = _train(copy.deepcopy(init), protocol, train, seed, tmp)
+                    accs.append(top1_accuracy(model.eval(), evaluation, progress=False))
                     del model
-                c["quality_per_seed"][protocol] = accs
+                c["quality_per_seed"][protocol.name] = accs
             del init
             if on_config is not None:
                 on_config(c)
+
+
+def vit_anchor_oracle(anchor, data, *, protocols: list[VitProtocol], seeds) -> dict:
+    """An anchor measured as shipped and, under each protocol that trains anchors, after the same finetune as
+    the stitches per seed: ``{"shipped": acc, "per_seed": {protocol: [acc per seed]}}``."""
+    train, evaluation = data[0], data[1]
+    shipped = anchor.load_full(dtype=torch.float32).eval()
+    out = {"shipped": top1_accuracy(shipped, evaluation, progress=False), "per_seed": {}}
+    with tempfile.TemporaryDirectory(prefix="hf_klas_study_") as tmp:
+        for protocol in protocols:
+            if protocol.trains_anchors:
+                out["per_seed"][protocol.name] = [
+                    top1_accuracy(_train(copy.deepcopy(shipped), protocol, train, seed, tmp).eval(), evaluation,
+                                  progress=False) for seed in seeds]
+    return out
 
 
 def _swap_blocks(model, blocks):

@@ -15,8 +15,9 @@ from .statistics import rankdata
 
 __all__ = ["write_outputs", "verdict", "markdown"]
 
-#: The studies whose oracle lets the network adapt (what users do with a stitch): the verdict is taken on them.
-PRIMARY = ("full", "lora")
+#: The studies whose oracle is what users do with a stitch -- ViT: the demo's recipe (every weight adapts); LM: LoRA --
+#: the verdict is taken on them.
+PRIMARY = ("demo", "lora")
 
 
 def _fmt(x, digits=3, std=None):
@@ -52,7 +53,8 @@ def verdict(report: dict) -> list[dict]:
             ranks = rankdata([-vals[k] if reverse else vals[k] for k in names])  # ties share their mean rank
             for k, rank in zip(names, ranks):
                 entry = table.setdefault(k, {"selector": k, "studies": 0, "regret_rank": [], "top1_rank": [],
-                                             "wins_regret": 0.0, "regret": [], "top1": []})
+                                             "wins_regret": 0.0, "regret": [], "top1": [], "chance": [],
+                                             "buckets": 0})
                 entry[f"{key}_rank"].append(float(rank))
                 entry[key].append(vals[k])
             best = min(vals.values()) if not reverse else max(vals.values())
@@ -60,14 +62,19 @@ def verdict(report: dict) -> list[dict]:
             if key == "regret":
                 for k in winners:
                     table[k]["wins_regret"] += 1.0 / len(winners)
-        for k in rows:
+        for k, r in rows.items():
             table[k]["studies"] += 1
+            table[k]["buckets"] += int(r.get("buckets_nontrivial") or 0)
+            if r.get("top1_chance") is not None:
+                table[k]["chance"].append(r["top1_chance"])
     out = []
     for k, e in table.items():
         out.append({"selector": k, "studies": e["studies"], "mean_regret_rank": float(np.mean(e["regret_rank"])),
                     "mean_top1_rank": float(np.mean(e["top1_rank"])) if e["top1_rank"] else None,
                     "mean_regret": float(np.mean(e["regret"])), "mean_top1": float(np.mean(e["top1"]))
-                    if e["top1"] else None, "best_regret_in": e["wins_regret"]})
+                    if e["top1"] else None, "best_regret_in": e["wins_regret"],
+                    "mean_top1_chance": float(np.mean(e["chance"])) if e["chance"] else None,
+                    "buckets": e["buckets"]})
     return sorted(out, key=lambda r: (r["mean_regret_rank"], r["mean_top1_rank"] or 0))
 
 
@@ -131,12 +138,12 @@ def markdown(report: dict) -> str:
     if ranking:
         lines += ["## Verdict across the studies whose oracle lets the network adapt (" + ", ".join(
             st["name"] for st in report["studies"] if st.get("protocol") in PRIMARY) + ")", "",
-            "| selector | studies | mean rank by regret | mean rank by top-1 | mean regret | mean top-1 | "
-            "lowest regret in |", "|---|---|---|---|---|---|---|"]
+            "| selector | studies (buckets) | mean rank by regret | mean rank by top-1 | mean regret | mean top-1 "
+            "(chance) | lowest regret in |", "|---|---|---|---|---|---|---|"]
         for r in ranking:
-            lines.append(f"| {r['selector']} | {r['studies']} | {r['mean_regret_rank']:.2f} | "
-                         f"{_fmt(r['mean_top1_rank'], 2)} | {r['mean_regret']:.4f} | {_fmt(r['mean_top1'], 2)} | "
-                         f"{r['best_regret_in']:.1f} |")
+            lines.append(f"| {r['selector']} | {r['studies']} ({r['buckets']}) | {r['mean_regret_rank']:.2f} | "
+                         f"{_fmt(r['mean_top1_rank'], 2)} | {r['mean_regret']:.4f} | {_fmt(r['mean_top1'], 2)} "
+                         f"({_fmt(r.get('mean_top1_chance'), 2)}) | {r['best_regret_in']:.1f} |")
         lines += ["", "Regret is in each study's own units (accuracy, ROUGE-L, perplexity); the ranks make them "
                   "comparable.", ""]
     for st in report["studies"]:
@@ -150,6 +157,18 @@ def markdown(report: dict) -> str:
                   + (f"Seed-to-seed std of a configuration's quality: mean {orc['quality_seed_std_mean']:.4f}, max "
                      f"{orc['quality_seed_std_max']:.4f}. " if orc.get("quality_seed_std_mean") is not None else "")
                   + f"Oracle {orc['seconds'] / 60:.1f} min, selectors {st['selection_seconds'] / 60:.1f} min.", ""]
+        vs = st.get("versus_cheaper_anchor")
+        if vs:
+            shipped = ", ".join(f"{a['name']} {a['metric_shipped']:.4f} as shipped" for a in st["anchors"]
+                                if a.get("finetuned"))
+            lines += [f"**Best configuration vs the cheaper anchor** ({vs['anchor']} "
+                      f"{'after the same finetune' if vs['anchor_finetuned'] else 'as shipped'}, "
+                      f"{vs['anchor_metric']:.4f}): {vs['best_config']} {vs['best_quality']:.4f}, difference "
+                      f"{vs['difference']:+.4f} [{vs['low']:+.4f}, {vs['high']:+.4f}] -> **{vs['verdict']}**; "
+                      f"{len(vs['configs_above'])} of {len(orc['configs'])} configurations above it beyond the "
+                      f"interval, {vs['configs_at_least']} at least as good. Sampling error of one accuracy on "
+                      f"{st['evaluation_images']:,} images: ±{1.96 * orc['binomial_se']:.4f} (95%, worst case)."
+                      + (f" Anchors {shipped}." if shipped else ""), ""]
         lines += [f"**Note:** {w}" for w in _warnings(st)] + ([""] if _warnings(st) else [])
         head = ["selector", "Spearman ρ", "ρ in bucket", "top-1 (chance)", "recovery (set, chance)",
                 f"regret ({unit})", "AUC", "AUC stitches only", "select s"]

@@ -41,7 +41,7 @@ from ..console import quiet_console, stage
 from ..data.debian_descriptions import FROZEN_MANIFEST, load_debian_descriptions
 from ..data.fashion_mnist import fashion_mnist_root, load_fashion_mnist_arrays, preprocess
 from ..errors import HfKlasError
-from ..evaluation import first_lines, generate_texts, load_rouge, perplexity, top1_accuracy
+from ..evaluation import first_lines, generate_texts, load_rouge, perplexity
 from ..evaluation.pareto import ParetoPoint
 from ..flops import DEFAULT_SEQ_LEN
 from ..loading import resolve_anchor
@@ -49,10 +49,20 @@ from ..selection.api import compute_plan
 from ..selection.scoring import assign_buckets, bucket_edges
 from ..selection.selectors import SELECTORS
 from ..selection.selectors.base import grids, valid_mask
+from ..training.recipes import VIT_RECIPE
 from ..version import __version__
 from . import report as reporting
 from .options import QualityOptions, parse_selector, quick
-from .oracles import PixelDataset, block_outputs, lm_lora_oracle, lm_self_stitch_oracle, self_stitch_fits, vit_oracle
+from .oracles import (
+    PixelDataset,
+    VitProtocol,
+    block_outputs,
+    lm_lora_oracle,
+    lm_self_stitch_oracle,
+    self_stitch_fits,
+    vit_anchor_oracle,
+    vit_oracle,
+)
 from .parts import PartStore, pair_key, parse_pair_key
 from .statistics import AUC_DEFINITION, DEFINITIONS, analyze_selector
 
@@ -176,33 +186,60 @@ def _sha256(path: Path) -> str:
 
 
 def vit_data(opts: QualityOptions):
-    """Fixed subsets: finetuning = the first N training images, calibration = the last M training images
-    (disjoint), evaluation = the first K test images. Returns the data and a record of exactly which."""
+    """Fixed subsets, all outside the test split: finetuning = the first N images of the train split, calibration =
+    the first M of them (the library's default calibration; with labels for ProbeNet), evaluation = the first K
+    images of the validation split. Returns the data and a record of exactly which."""
     tr_img, tr_lab = load_fashion_mnist_arrays("train")
-    te_img, te_lab = load_fashion_mnist_arrays("test", limit=opts.vit_test_samples)
+    va_img, va_lab = load_fashion_mnist_arrays("validation", limit=opts.vit_eval_samples)
     n, nc = opts.vit_train_samples, opts.vit_calibration_samples
-    if n + nc > len(tr_img):
-        raise HfKlasError(f"vit_train_samples + vit_calibration_samples = {n + nc} > {len(tr_img)} training images.",
-                          "Lower one of them (they must not overlap).")
+    if n > len(tr_img) or nc > len(tr_img):
+        raise HfKlasError(f"vit_train_samples={n} / vit_calibration_samples={nc}: the train split has "
+                          f"{len(tr_img)} images.", f"Use at most {len(tr_img)}.")
     train = PixelDataset(preprocess(tr_img[:n], channels=1).expand(-1, 3, -1, -1), torch.as_tensor(tr_lab[:n]))
-    test = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(preprocess(te_img), torch.as_tensor(te_lab)),
-                                       batch_size=500)
-    cal_px, cal_lab = preprocess(tr_img[-nc:]), torch.as_tensor(tr_lab[-nc:])
+    evaluation = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(preprocess(va_img), torch.as_tensor(va_lab)), batch_size=500)
+    cal_px, cal_lab = preprocess(tr_img[:nc]), torch.as_tensor(tr_lab[:nc])
     calib_sel = [{"pixel_values": cal_px[k:k + 64], "labels": cal_lab[k:k + 64]} for k in range(0, nc, 64)]
     calib_ls = [{"pixel_values": cal_px[k:k + 64]} for k in range(0, nc, 64)]
     root = fashion_mnist_root()
     record = {"dataset": "Fashion-MNIST (Debian dataset-fashion-mnist IDX files)",
               "files_sha256": {p.name: _sha256(p) for p in sorted(root.glob("*-ubyte.gz"))},
-              "finetune": f"training images 0..{n - 1}", "calibration": f"training images {len(tr_img) - nc}.."
-              f"{len(tr_img) - 1}", "evaluation": f"test images 0..{opts.vit_test_samples - 1}"}
-    return (train, test, calib_sel, calib_ls), record
+              "finetune": f"train split images 0..{n - 1}", "calibration": f"train split images 0..{nc - 1}",
+              "evaluation": f"validation split images 0..{len(va_img) - 1} (training-file rows 55,000..)",
+              "test": "not read"}
+    return (train, evaluation, calib_sel, calib_ls), record
 
 
-def vit_studies(pair: str, opts: QualityOptions, data, bar) -> list[dict]:
-    """One study per protocol for ``front:back``: the same pool, oracle LS init and selector scores."""
+def vit_protocols(opts: QualityOptions) -> list[VitProtocol]:
+    """The oracle protocols of ``opts.vit_protocols``: ``demo`` = the demo's recipe (VIT_RECIPE), the others v2's."""
+    out = []
+    for name in opts.vit_protocols:
+        if name == "demo":
+            r = VIT_RECIPE
+            out.append(VitProtocol("demo", "full", opts.vit_demo_steps, r.batch_size, r.learning_rate,
+                                   r.anchor_lr_scale, r.lr_scheduler_type, r.warmup_ratio))
+        else:
+            out.append(VitProtocol(name, name, opts.vit_steps, opts.vit_batch_size, opts.vit_lr,
+                                   opts.vit_anchor_lr_scale if name == "full" else 1.0))
+    return out
+
+
+def _difference_vs(quality: float, rival: float, n: int) -> dict:
+    """Accuracy difference with a 95% normal interval for two independent binomial proportions on ``n`` images
+    each (conservative for the paired case; seeds averaged before)."""
+    half = 1.96 * math.sqrt((quality * (1 - quality) + rival * (1 - rival)) / n)
+    d = quality - rival
+    return {"difference": d, "low": d - half, "high": d + half,
+            "verdict": "above" if d - half > 0 else ("below" if d + half < 0 else "tie")}
+
+
+def vit_studies(pair: str, opts: QualityOptions, data, bar, anchor_cache: dict | None = None) -> list[dict]:
+    """One study per protocol for ``front:back``: the same pool, oracle LS init and selector scores; the anchors as
+    shipped and, where the protocol trains anchors, after the same finetune per seed."""
     front_name, back_name = pair.split(":", 1)
     t_start = time.perf_counter()
     front, back = resolve_anchor(front_name), resolve_anchor(back_name)
+    protocols = vit_protocols(opts)
     flops_grid, _, a_flops = grids(front.config, back.config)
     flops_grid = flops_grid.numpy()
     lo, hi = min(a_flops), max(a_flops)
@@ -211,48 +248,69 @@ def vit_studies(pair: str, opts: QualityOptions, data, bar) -> list[dict]:
     m, n = flops_grid.shape
     pool = [{"name": f"({i},{j})", "front_blocks": i, "back_start": j, "flops": float(flops_grid[i - 1, j]),
              "bucket": int(bgrid[i - 1, j])} for i in range(1, m + 1) for j in range(n) if bgrid[i - 1, j] >= 0]
-    anchors = []
-    for name, anc, fl in ((front_name, front, a_flops[0]), (back_name, back, a_flops[1])):
-        anchors.append({"name": name, "flops": float(fl),
-                        "metric": top1_accuracy(anc.load_full(dtype=torch.float32).eval(), data[1], progress=False)})
+    anchor_cache = {} if anchor_cache is None else anchor_cache
+    anchor_runs = {}
+    for name, anc in ((front_name, front), (back_name, back)):
+        if name not in anchor_cache:
+            anchor_cache[name] = vit_anchor_oracle(anc, data, protocols=protocols, seeds=opts.vit_seeds)
+        anchor_runs[name] = anchor_cache[name]
     t_oracle = time.perf_counter()
-    vit_oracle(front, back, pool, data, protocols=opts.vit_protocols, seeds=opts.vit_seeds, steps=opts.vit_steps,
-               batch=opts.vit_batch_size, lr=opts.vit_lr, anchor_lr_scale=opts.vit_anchor_lr_scale, ridge=opts.ridge,
-               on_config=lambda c: bar.update(len(opts.vit_protocols) * len(opts.vit_seeds)))
+    vit_oracle(front, back, pool, data, protocols=protocols, seeds=opts.vit_seeds, ridge=opts.ridge,
+               on_config=lambda c: bar.update(len(protocols) * len(opts.vit_seeds)))
     oracle_seconds = time.perf_counter() - t_oracle
     t_sel = time.perf_counter()
     selectors = run_selectors(opts.vit_selectors, front, back, data[2], opts, pool,
                               compute_kw=dict(max_samples=None, batch_size=64), flops_grid=flops_grid, bar=bar)
     selection_seconds = time.perf_counter() - t_sel
+    n_eval = len(data[1].dataset)
     studies = []
-    for protocol in opts.vit_protocols:
+    for protocol in protocols:
         configs = []
         for c in pool:
-            q = c["quality_per_seed"][protocol]
+            q = c["quality_per_seed"][protocol.name]
             configs.append({k: v for k, v in c.items() if k != "quality_per_seed"} |
                            {"quality_per_seed": q, "quality": float(np.mean(q)),
                             "quality_std": float(np.std(q)) if len(q) > 1 else None})
         stds = [c["quality_std"] for c in configs if c["quality_std"] is not None]
-        what = {"full": f"full finetuning (every weight; stitch at lr {opts.vit_lr:g}, anchors at "
-                        f"{opts.vit_anchor_lr_scale:g}x)",
-                "lora": f"LoRA on the blocks + the stitch (lr {opts.vit_lr:g})",
-                "stitch": f"the stitch layer alone (lr {opts.vit_lr:g}; back blocks frozen)"}[protocol]
+        anchors = []
+        for name, fl in ((front_name, a_flops[0]), (back_name, a_flops[1])):
+            run = anchor_runs[name]
+            per_seed = run["per_seed"].get(protocol.name)
+            anchors.append({"name": name, "flops": float(fl),
+                            "metric": float(np.mean(per_seed)) if per_seed else run["shipped"],
+                            "metric_shipped": run["shipped"], "metric_per_seed": per_seed,
+                            "finetuned": per_seed is not None})
+        cheap = min(anchors, key=lambda a: a["flops"])
+        best = max(configs, key=lambda c: c["quality"])
+        above = [c["name"] for c in configs if _difference_vs(c["quality"], cheap["metric"], n_eval)["verdict"]
+                 == "above"]
         study = {
-            "name": f"{front_name}->{back_name} [{protocol}]", "kind": "vit", "protocol": protocol,
+            "name": f"{front_name}->{back_name} [{protocol.name}]", "kind": "vit", "protocol": protocol.name,
             "front": front_name, "back": back_name, "metric": "top1_accuracy", "higher_is_better": True,
             "flops_unit": "per image", "flops_range": [lo, hi], "bucket_edges": edges, "anchors": anchors,
+            "evaluation_images": n_eval,
+            "versus_cheaper_anchor": {
+                "anchor": cheap["name"], "anchor_metric": cheap["metric"], "anchor_finetuned": cheap["finetuned"],
+                "best_config": best["name"], "best_quality": best["quality"],
+                **_difference_vs(best["quality"], cheap["metric"], n_eval),
+                "configs_above": above, "configs_at_least": sum(c["quality"] >= cheap["metric"] for c in configs),
+                "note": "seed-mean accuracies on the evaluation images; 95% normal interval of two independent "
+                        "proportions (conservative for these paired measurements)"},
             "oracle": {
                 "description": (f"every valid configuration with FLOPs between the anchors ({len(pool)} of {m * n}); "
-                                f"least-squares init on {opts.vit_calibration_samples} calibration images, then "
-                                f"{opts.vit_steps} steps of {what}, AdamW, linear decay, batch "
-                                f"{opts.vit_batch_size}, on the first {opts.vit_train_samples} training images, "
-                                f"per seed {opts.vit_seeds} (seed = data order); top-1 on the first "
-                                f"{opts.vit_test_samples} test images. quality_init = accuracy after the LS init."),
-                "finetuned": opts.vit_steps > 0, "protocol": protocol, "seeds": list(opts.vit_seeds),
-                "grid": [m, n], "configs": configs,
+                                f"least-squares init on {opts.vit_calibration_samples} calibration images (train "
+                                f"split), then {protocol.describe()}, on the first {opts.vit_train_samples} "
+                                f"train-split images, per seed {opts.vit_seeds} (seed = data order); top-1 on the "
+                                f"first {n_eval} validation images (the test split is not read). Anchors: "
+                                + ("the same finetune per seed (shipped accuracy kept beside it)."
+                                   if protocol.trains_anchors else "as shipped.")
+                                + " quality_init = accuracy after the LS init."),
+                "finetuned": protocol.steps > 0, "protocol": protocol.name, "recipe": asdict(protocol),
+                "seeds": list(opts.vit_seeds), "grid": [m, n], "configs": configs,
                 "quality_seed_std_mean": float(np.mean(stds)) if stds else None,
                 "quality_seed_std_max": float(np.max(stds)) if stds else None,
-                "seconds": oracle_seconds / len(opts.vit_protocols),
+                "binomial_se": float(math.sqrt(0.25 / n_eval)),
+                "seconds": oracle_seconds / len(protocols),
             },
             "selection_seconds": selection_seconds, "seconds": time.perf_counter() - t_start,
         }
@@ -303,12 +361,13 @@ class LMStudy:
             self.store.remove()
         cut = opts.lm_description_chars
         train_all = load_debian_descriptions("train", max_description_chars=cut).shuffle(seed=opts.subset_seed)
-        test_all = load_debian_descriptions("test", max_description_chars=cut).shuffle(seed=opts.subset_seed)
+        # the oracle is measured on validation: the study picks defaults, so the test split stays unread
+        held_out = load_debian_descriptions("validation", max_description_chars=cut).shuffle(seed=opts.subset_seed)
         cal_ds = train_all.select(range(min(opts.lm_calibration_texts, len(train_all))))
         self.lora_train = train_all.select(range(len(cal_ds), min(len(cal_ds) + opts.lm_train_texts,
                                                                  len(train_all))))
-        eval_ds = test_all.select(range(min(opts.lm_eval_texts, len(test_all))))
-        rouge_ds = test_all.select(range(min(opts.lm_rouge_texts, len(test_all))))
+        eval_ds = held_out.select(range(min(opts.lm_eval_texts, len(held_out))))
+        rouge_ds = held_out.select(range(min(opts.lm_rouge_texts, len(held_out))))
         self.cal_texts = [p + " " + t for p, t in zip(cal_ds["prompt"], cal_ds["target"])]
         self.eval_texts = [p + " " + t for p, t in zip(eval_ds["prompt"], eval_ds["target"])]
         self.prompts, self.refs = list(rouge_ds["prompt"]), list(rouge_ds["target"])
@@ -584,11 +643,12 @@ def run_quality(opts: QualityOptions | None = None, *, command: str | None = Non
     with quiet_console(out / f"{opts.name}.log", verbose=opts.verbose):
         if "vit" in opts.studies:
             data, data_used["vit"] = vit_data(opts)
+            anchor_cache: dict = {}
             for pair in opts.vit_pairs:
                 front, back = pair.split(":", 1)
                 total = _vit_pool_size(front, back, opts) * len(opts.vit_protocols) * len(opts.vit_seeds)
                 bar = bar_factory(total + len(opts.vit_selectors), f"ViT {front}->{back}: oracle runs + selectors")
-                studies += vit_studies(pair, opts, data, bar)
+                studies += vit_studies(pair, opts, data, bar, anchor_cache)
                 bar.close()
         if "lm" in opts.studies:
             lm = LMStudy(opts)
