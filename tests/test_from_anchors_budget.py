@@ -12,7 +12,7 @@ from tiny import llama_pair, vision_pair
 from hf_klas import StitchedModel
 from hf_klas.errors import BudgetError, CalibrationError, HfKlasError, IncompatibleAnchorsError, StitchPointError
 from hf_klas.flops import anchor_flops, stitch_flops
-from hf_klas.selection.api import SelectOptions, run_select, select_anchors, select_for_budget
+from hf_klas.selection.api import SelectOptions, compute_plan, run_select, select_anchors, select_for_budget
 from hf_klas.selection.plan import PlanExistsError, StitchPlan
 
 
@@ -180,3 +180,38 @@ def test_run_select_writes_plan_and_pngs_and_refuses_overwrite(tmp_path):
     assert again["cached"] is True and again["chosen"] == summary["chosen"]
     with pytest.raises(HfKlasError, match="no 'probe' option"):
         run_select(opts, method="cka", probe="tuned_lens", overwrite=True)
+
+
+def test_the_default_selector_is_chosen_per_task_and_named_methods_win():
+    """method=None: theta for a causal LM stitched to itself, klas (the paper's Γ) for a cross-model pair; a
+    named method is used as given; the summary says where the name came from."""
+    front, back = llama_pair()
+    self_stitched = StitchedModel.from_anchors(front, budget_flops=0.7, calibration=calib(), progress=False)
+    assert self_stitched.config.recipe["selection_method"] == "theta"
+    cross = StitchedModel.from_anchors(front, back, budget_flops=0.7, calibration=calib(), progress=False)
+    assert cross.config.recipe["selection_method"] == "klas"
+    named = StitchedModel.from_anchors(front, budget_flops=0.7, calibration=calib(), method="klas", progress=False)
+    assert named.config.recipe["selection_method"] == "klas"
+    _, info = compute_plan(front, None, calib(), progress=False)
+    assert info["method_source"] == "task default"
+    _, info = compute_plan(front, None, calib(), "theta", progress=False)
+    assert info["method_source"] == "named" and info["cached"]  # same selector, same key: one cache entry
+
+
+def test_select_without_method_carries_klas_flags_to_the_default_and_refuses_foreign_ones(tmp_path, monkeypatch):
+    from hf_klas.families import CAUSAL_LM
+    from hf_klas.selection.selectors import TASK_DEFAULTS
+    from hf_klas.selection.selectors.klas import KlasConfig
+
+    front, _ = llama_pair()
+    front.save_pretrained(tmp_path / "m")
+    opts = SelectOptions(front=str(tmp_path / "m"), budget=0.7, calibration=calib(), out_dir=str(tmp_path / "p"),
+                         progress=False)
+    summary = run_select(opts, KlasConfig(num_buckets=3))
+    assert (summary["method"], summary["method_source"]) == ("theta", "task default")
+    assert StitchPlan.load(tmp_path / "p").method == "theta"
+    monkeypatch.setitem(TASK_DEFAULTS, (CAUSAL_LM, True), "cka")  # a default outside the KLAS family
+    with pytest.raises(HfKlasError, match="probe.*'cka'"):
+        run_select(opts, KlasConfig(probe="tuned_lens"), overwrite=True)
+    summary = run_select(opts, KlasConfig(num_buckets=3), overwrite=True)  # shared options carry over
+    assert summary["method"] == "cka"

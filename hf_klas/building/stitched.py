@@ -20,7 +20,6 @@ from ..flops import DEFAULT_SEQ_LEN, stitch_flops, stitch_params
 from ..loading import Anchor, resolve_anchor, same_anchor
 from ..modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from ..selection.api import select_for_budget
-from ..selection.selectors import DEFAULT_METHOD
 from .fit import calibration_for, check_stitch_init, fit_least_squares, init_identity
 from .weights import anchor_prefix, copy_generation_config, load_anchor_weights
 
@@ -57,7 +56,7 @@ class StitchedModel:
         *,
         budget_flops: float | None = None,
         calibration=None,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         plan=None,
         stitch_init: str = "least_squares",
         ridge: float = 1e-4,
@@ -76,6 +75,9 @@ class StitchedModel:
                 blocks).
             front_blocks, back_start: an explicit stitch point. Leave both out and give ``budget_flops`` to let
                 the selector (``method``) choose the best configuration whose FLOPs fit the budget.
+            method: the selector's name; None (default) takes the task's default
+                (``hf_klas.selection.selectors.TASK_DEFAULTS``: ``"theta"`` for a causal LM stitched to itself,
+                ``"klas"`` otherwise). ``"klas"`` is the paper's Γ exactly.
             budget_flops: FLOPs per sequence/image, or a fraction in (0, 1] of the back anchor's cost.
             calibration: strings, a ``datasets.Dataset``, or tensors (see ``hf_klas.calibration``); None uses
                 the documented offline default.

@@ -22,7 +22,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -40,7 +40,7 @@ from ..version import __version__
 from .distributed import all_true, is_main_process, num_processes, wait_for_everyone
 from .divergence import FinalOutputKLAccumulator
 from .plan import PLAN_FILE, PlanExistsError, StitchPlan
-from .selectors import DEFAULT_METHOD, SELECTORS, Selector, SelectorConfig, get_selector, selector_class
+from .selectors import DEFAULT_METHOD, SELECTORS, Selector, SelectorConfig, default_method, get_selector, selector_class
 from .selectors.base import anchor_key, descriptor, grids, load_model, same_anchor, valid_mask
 
 POLICIES = ("top_bucket", "lowest")
@@ -66,10 +66,12 @@ class SelectOptions:
     budget: float | None = field(default=None, metadata={
         "help": "FLOPs budget (number) or fraction in (0, 1] of the back anchor's FLOPs; reports the "
                 "configuration to build."})
-    method: str = field(default=DEFAULT_METHOD, metadata={
-        "help": f"Selector: {', '.join(SELECTORS)} (default {DEFAULT_METHOD}: the selection study's winner for "
-                "vision stitches; klas is the paper's Γ). Self-stitching an LLM (depth pruning): theta -- Γ's "
-                "last-block denominator sends every pick to the last block (README, selection-quality study)."})
+    method: str | None = field(default=None, metadata={
+        "help": f"Selector: {', '.join(SELECTORS)}. Default: chosen per task by the selection-quality study "
+                "(hf_klas.selection.selectors.TASK_DEFAULTS: theta for a causal LM stitched to itself, "
+                f"{DEFAULT_METHOD} otherwise; README says how thin that evidence is). klas is always the paper's "
+                "Γ exactly. Without --method the command line takes KLAS's own flags (both defaults are "
+                "KLAS-family)."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "
@@ -97,7 +99,8 @@ class SelectOptions:
     def __post_init__(self):
         """Checked here, once, where the values enter (API and CLI alike)."""
         self.device_map = parse_device_map(self.device_map)
-        selector_class(self.method)
+        if self.method is not None:
+            selector_class(self.method)
         check_policy(self.policy)
         check_budget_value(self.budget)
         if self.anchors and (self.front or self.back):
@@ -200,13 +203,46 @@ def _resolve_pair(front, back):
 # --------------------------------------------------------------------------------------------------------
 # plans
 # --------------------------------------------------------------------------------------------------------
-def compute_plan(front, back=None, calibration=None, method: str | Selector = DEFAULT_METHOD, *, cache: bool = True,
+def choose_selector(method: str | Selector | None, front: Anchor | None, same: bool | None,
+                    config: SelectorConfig | None = None, **options) -> tuple[Selector, str]:
+    """The selector to run and where its name came from: ``"named"`` (``method`` given) or ``"task default"``
+    (``method=None``: :func:`~hf_klas.selection.selectors.default_method` of the front anchor's task and whether
+    it is stitched to itself). A ``config`` parsed for another selector (the command line parses KLAS's flags
+    when no ``--method`` is given) is carried over field by field; an option the default selector does not
+    take fails with its name instead of being dropped."""
+    if isinstance(method, Selector):
+        return method, "named"
+    if method is not None:
+        return get_selector(method, config, **options), "named"
+    name = default_method(task_of(front.config), bool(same))
+    target = selector_class(name).config_class
+    if config is not None and not isinstance(config, target):
+        config = _carry_config(config, target, name)
+    return get_selector(name, config, **options), "task default"
+
+
+def _carry_config(config: SelectorConfig, target: type, name: str) -> SelectorConfig:
+    """``config``'s values as a ``target`` config; a value set away from its default that ``target`` lacks fails."""
+    known = {f.name for f in fields(target)}
+    defaults = asdict(type(config)())
+    lost = sorted(k for k, v in asdict(config).items() if k not in known and v != defaults[k])
+    if lost:
+        raise HfKlasError(
+            f"Option(s) {', '.join(lost)} belong to {type(config).__name__}, but the default selector for this "
+            f"pair is {name!r} ({target.__name__}), which does not take them.",
+            f"Name the selector with --method (method=...), e.g. --method klas, or drop {', '.join(lost)}.")
+    return target(**{k: v for k, v in asdict(config).items() if k in known})
+
+
+def compute_plan(front, back=None, calibration=None, method: str | Selector | None = None, *, cache: bool = True,
                  progress: bool = True, seq_len: int | None = None, image_size=None, batch_size: int = 8,
                  max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64, grids_=None, device_map=None,
                  offload_folder: str | None = None, **selector_options):
     """The plan for ``front -> back`` (``back=None``: self-stitching) with ``method`` (a name with its options
-    as keywords, or a built :class:`Selector`); returns ``(plan, info)`` with ``info["cached"]`` telling whether
-    the cache answered (no anchor ran). ``grids_``: the ``(flops, params)`` grids when the caller has them.
+    as keywords, a built :class:`Selector`, or None for the task's default, :func:`choose_selector`); returns
+    ``(plan, info)`` with ``info["cached"]`` telling whether the cache answered (no anchor ran) and
+    ``info["method_source"]`` whether the method was named or came from the task default. ``grids_``: the
+    ``(flops, params)`` grids when the caller has them.
     ``device_map`` / ``offload_folder``: placement of anchors loaded from disk (not part of the cache key: it
     changes where the work runs, not the plan).
 
@@ -214,9 +250,11 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = DE
     scores each process's share of the calibration batches and adds the sums up (:mod:`.distributed`), every
     process returns the same plan, and only the main process writes the cache."""
     t0 = time.perf_counter()
-    selector = method if isinstance(method, Selector) else get_selector(method, **selector_options)
-    method = selector.name
+    named = method is not None  # a named method's options fail before any anchor loads
+    selector = choose_selector(method, None, None, **selector_options)[0] if named else None
     front_anchor, back_anchor, same = _resolve_pair(front, back)
+    selector, source = (selector, "named") if named else choose_selector(None, front_anchor, same, **selector_options)
+    method = selector.name
     selector.check_pair(same)
     lm = task_of(front_anchor.config) == CAUSAL_LM
     seq_len = (seq_len or DEFAULT_SEQ_LEN) if lm else None
@@ -233,7 +271,8 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = DE
     path = plan_cache_dir() / key
     plan = _cached_plan(path, front_anchor, back_anchor) if cache else None
     if all_true(plan is not None):  # data-parallel: the cache answers only if it answers every process
-        return plan, {"cached": True, "cache_path": str(path), "seconds": time.perf_counter() - t0}
+        return plan, {"cached": True, "cache_path": str(path), "seconds": time.perf_counter() - t0,
+                      "method_source": source}
     info_cal = {
         "fingerprint": calib_fp,
         "source": "default (hf_klas.calibration)" if calibration is None else "user",
@@ -252,7 +291,7 @@ def compute_plan(front, back=None, calibration=None, method: str | Selector = DE
         plan.save(path, overwrite=True)
     wait_for_everyone()
     info = {"cached": False, "cache_path": str(path) if cache else None, "seconds": time.perf_counter() - t0,
-            "processes": num_processes(), **selector.last_stats}
+            "processes": num_processes(), "method_source": source, **selector.last_stats}
     return plan, info
 
 
@@ -269,15 +308,16 @@ def _cached_plan(path: Path, front: Anchor, back: Anchor) -> StitchPlan | None:
 
 
 def select_for_budget(front_anchor, back_anchor=None, budget_flops: float | None = None, calibration=None,
-                      method: str | Selector = DEFAULT_METHOD, plan=None, progress: bool = True, *,
+                      method: str | Selector | None = None, plan=None, progress: bool = True, *,
                       policy: str = "top_bucket", cache: bool = True, seq_len: int | None = None, image_size=None,
                       batch_size: int = 8, max_length: int = DEFAULT_SEQ_LEN, max_samples: int | None = 64,
                       **selector_options):
     """The configuration to build for ``budget_flops`` and the plan it came from: ``(Candidate, StitchPlan)``.
 
     ``plan``: a :class:`StitchPlan` or plan directory to reuse (no selection runs); otherwise the plan comes from
-    the cache or is computed once (:func:`compute_plan`). ``budget_flops``: FLOPs, a fraction in (0, 1] of the
-    back anchor's FLOPs, or None (= the back anchor's cost). ``policy`` ("top_bucket" | "lowest"): see
+    the cache or is computed once (:func:`compute_plan`; ``method=None``: the task's default selector).
+    ``budget_flops``: FLOPs, a fraction in (0, 1] of the back anchor's FLOPs, or None (= the back anchor's
+    cost). ``policy`` ("top_bucket" | "lowest"): see
     :meth:`StitchPlan.best_for_budget`. A budget outside the feasible range raises
     :class:`~hf_klas.errors.BudgetError` with the range -- before any anchor runs.
     """
@@ -371,7 +411,8 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
     opts = replace(opts, **{k: v for k, v in kwargs.items() if k in own}) if opts is not None else \
         SelectOptions(**{k: v for k, v in kwargs.items() if k in own})
     method_options = {k: v for k, v in kwargs.items() if k not in own}
-    built = get_selector(opts.method, selector, **method_options)  # its options fail now, not after the pass
+    # a named method's options fail now, before any anchor loads; the task default needs the anchors first
+    built = choose_selector(opts.method, None, None, selector, **method_options)[0] if opts.method else None
     t0 = time.perf_counter()
     out = Path(opts.out_dir)
     if (out / PLAN_FILE).exists() and not opts.overwrite:
@@ -388,6 +429,8 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
     else:
         front, back = opts.front, opts.back
     front_anchor, back_anchor, same = _resolve_pair(front, back)
+    if built is None:
+        built = choose_selector(None, front_anchor, same, selector, **method_options)[0]
     lm = task_of(front_anchor.config) == CAUSAL_LM
     dry = _dry_plan(front_anchor, back_anchor, same, opts.seq_len if lm else None, None)
     if opts.budget is not None:
@@ -408,6 +451,7 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
         "plan_dir": str(out),
         "files": files,
         "method": plan.method,
+        "method_source": "named" if opts.method else "task default",
         "front": plan.front.name_or_path,
         "back": plan.back.name_or_path,
         "self_stitching": same,
@@ -430,7 +474,9 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
 
 
 def cli_options(run_name: str, argv: list[str]) -> list[type]:
-    """``hf-klas select``'s flags: :class:`SelectOptions` and the chosen ``--method``'s own config."""
+    """``hf-klas select``'s flags: :class:`SelectOptions` and the chosen ``--method``'s own config (KLAS's
+    without ``--method``: every task default in ``TASK_DEFAULTS`` is KLAS-family, and :func:`choose_selector`
+    carries the flags over)."""
     method = DEFAULT_METHOD
     for k, arg in enumerate(argv):
         if arg in ("--method",) and k + 1 < len(argv):
