@@ -2,8 +2,10 @@
 
 ``import hf_klas`` registers the stitched and stitchable classes with the Auto classes, so ``AutoConfig`` /
 ``AutoModelForCausalLM`` / ``AutoModelForImageClassification`` resolve stitched and stitchable checkpoints.
+Everything else (building, selection, training, evaluation) loads when first used.
 """
 
+import importlib
 import logging
 
 import transformers
@@ -15,7 +17,6 @@ from .errors import HfKlasError
 from .modeling_stitchable import (
     StitchableModelForCausalLM,
     StitchableModelForImageClassification,
-    StitchablePreTrainedModel,
 )
 from .modeling_stitched import StitchedModelForCausalLM, StitchedModelForImageClassification
 from .version import TRANSFORMERS_RANGE, __version__, transformers_is_tested
@@ -36,10 +37,21 @@ for _config, _lm, _vision in ((StitchedConfig, StitchedModelForCausalLM, Stitche
     _lm.register_for_auto_class("AutoModelForCausalLM")
     _vision.register_for_auto_class("AutoModelForImageClassification")
 
-from .building import StitchedModel, build_stitchable  # noqa: E402
+#: Loaded on first use, so ``import hf_klas`` stays the cost of registering the classes above: building pulls
+#: in anchor loading, calibration data (datasets) and the selection engine (accelerate).
+_LAZY = {"StitchedModel": "building", "build_stitchable": "building"}
 
-# StitchableModelFor*.from_anchors needs hf_klas's anchor loading, which does not ship with a checkpoint.
-StitchablePreTrainedModel.anchor_builder = staticmethod(build_stitchable)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "HfKlasError",
@@ -50,5 +62,6 @@ __all__ = [
     "StitchedModel",
     "StitchedModelForCausalLM",
     "StitchedModelForImageClassification",
+    "build_stitchable",
     "__version__",
 ]

@@ -45,11 +45,17 @@ def _load(command: str, argv: list[str] | None = None):
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv`` only the command it names gets its flags (its module is imported), the others
+    just their names and help, so ``hf-klas --help`` loads no runner. ``argv=None``: every command's flags."""
     parser = argparse.ArgumentParser(prog="hf-klas", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hf_klas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=HfArgumentParser)
+    chosen = argv[0] if argv else None
     for name, (_, _, help_text) in COMMANDS.items():
-        classes, _ = _load(name, argv if argv and argv[0] == name else None)
+        if argv is None or name == chosen:
+            classes, _ = _load(name, argv if name == chosen else None)
+        else:
+            classes = []
         sub.add_parser(name, dataclass_types=classes, help=help_text, description=help_text)
     return parser
 

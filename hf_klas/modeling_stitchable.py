@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import threading
 
 import torch
@@ -82,9 +83,6 @@ class StitchablePreTrainedModel:
     config_class = StitchableConfig
     #: The stitched class one configuration is extracted as (set by each task class).
     stitched_class: type = None
-    #: ``from_anchors``'s builder, installed by ``import hf_klas`` (it needs hf_klas's anchor loading and
-    #: least-squares fitting, which do not ship with a checkpoint).
-    anchor_builder = None
 
     # ---- construction -------------------------------------------------------------------------------------------
     def _build_parts(self, front_cfg, back_cfg) -> None:
@@ -114,13 +112,16 @@ class StitchablePreTrainedModel:
         ``plan=`` (a StitchPlan or ``hf-klas select`` directory: its candidates, scores and FLOPs buckets), every
         stitch fitted by least squares (``calibration=``; ``stitch_init="identity"`` skips the fit). Keywords:
         ``hf_klas.building.build_stitchable``'s."""
-        builder = StitchablePreTrainedModel.anchor_builder
-        if builder is None:
+        # Anchor loading and least squares do not ship with a checkpoint, so this file (also the Hub copy, which
+        # imports only its siblings) looks the installed builder up by name when called, never at import time.
+        try:
+            building = importlib.import_module("hf_klas.building")
+        except ImportError as e:
             raise HfKlasError("Building a stitchable model from anchors needs hf_klas (anchor loading, least squares); "
                               "this copy of the modeling code only loads, runs and switches saved models.",
-                              "pip install hf-klas, import hf_klas, then call from_anchors again.")
-        model = builder(front, back, configs, **kwargs)
-        if not isinstance(model, cls):
+                              "pip install hf-klas, then call from_anchors again.") from e
+        model = building.build_stitchable(front, back, configs, **kwargs)
+        if type(model).__name__ != cls.__name__:  # by name: the Hub copy's class is another object, same code
             raise IncompatibleAnchorsError(f"These anchors build a {type(model).__name__}, not a {cls.__name__}.",
                                            f"Use {type(model).__name__}.from_anchors for them.")
         return model

@@ -128,3 +128,64 @@ def test_comments_point_only_inside_the_repo():
     hits += [f"tests/{p.name}:{k}" for p in tests.glob("*.py") if p.name != Path(__file__).name
              for k, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+def test_no_internal_import_stands_inside_a_function():
+    """Imports at module top only, so the graph above is the whole truth and nothing wires itself at call time
+    (the Hub file's by-name lookup of the installed builder is importlib, on purpose: see modeling_stitchable)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("hf_klas")):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+                elif isinstance(node, ast.Import) and any(a.name.startswith("hf_klas") for a in node.names):
+                    found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not found, found
+
+
+def test_everything_the_hub_files_import_is_relative_only_too():
+    """save_pretrained copies the Hub files and, through transformers' remote-code loader, every sibling they
+    import; each of those must also import only relative siblings (no ``hf_klas.`` and no subpackage)."""
+    known = modules()
+    todo, seen = [f"hf_klas.{f[:-3]}" for f in HUB_FILES], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        path = known[name]
+        tree = ast.parse(path.read_text())
+        absolute = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level
+                    and (n.module or "").startswith("hf_klas")]
+        absolute += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+                     if a.name.startswith("hf_klas")]
+        assert not absolute, (name, absolute)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module, (name, node.lineno, "a Hub file's import leaves its folder")
+                assert f"hf_klas.{node.module}" in known and "." not in node.module, (name, node.module)
+                todo.append(f"hf_klas.{node.module}")
+    assert len(seen) > len(HUB_FILES)  # the walk followed the imports
+
+
+def test_import_hf_klas_and_help_load_no_runner():
+    """``import hf_klas`` registers the classes and stops; ``hf-klas --help`` lists the commands without
+    importing them (the import-time benchmark measures what this saves)."""
+    import json
+    import subprocess
+    import sys
+
+    heavy = ["transformers.trainer", "peft", "datasets", "hf_klas.selection", "hf_klas.building",
+             "hf_klas.training", "hf_klas.evaluation", "hf_klas.study"]
+    code = ("import sys, json, hf_klas\nfrom hf_klas.cli import build_parser\nbuild_parser([])\n"
+            f"print(json.dumps([m for m in {heavy!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    code = "import hf_klas\nprint(hf_klas.StitchedModel.__module__, hf_klas.build_stitchable.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=PACKAGE.parent)
+    assert out.stdout.split() == ["hf_klas.building.stitched", "hf_klas.building.stitchable"]
