@@ -75,7 +75,7 @@ class DemoOptions:
     seed: int = field(default=0, metadata={"help": "Seed for sampling, training and evaluation subsets."})
     method: str | None = field(default=None, metadata={
         "help": "Stitch selector for both halves (default: the task-aware rule hf_klas.selection.selectors."
-                "default_method: theta for the SmolLM2 self-stitch, klas for the ViT pair; 'klas' is the paper's "
+                "TASK_DEFAULTS: theta for the SmolLM2 self-stitch, snnet for the ViT pair; 'klas' is the paper's "
                 "Γ)."})
     skip_vit: bool = field(default=False, metadata={"help": "Skip the ViT half."})
     skip_llm: bool = field(default=False, metadata={"help": "Skip the LLM half."})

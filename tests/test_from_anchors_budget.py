@@ -183,7 +183,8 @@ def test_run_select_writes_plan_and_pngs_and_refuses_overwrite(tmp_path):
 
 
 def test_the_default_selector_is_chosen_per_task_and_named_methods_win():
-    """method=None: theta for a causal LM stitched to itself, klas (the paper's Γ) for a cross-model pair; a
+    """method=None: theta for a causal LM stitched to itself, klas (the paper's Γ) for two LLMs, snnet for two
+    vision anchors; a
     named method is used as given; the summary says where the name came from."""
     front, back = llama_pair()
     self_stitched = StitchedModel.from_anchors(front, budget_flops=0.7, calibration=calib(), progress=False)
@@ -194,6 +195,10 @@ def test_the_default_selector_is_chosen_per_task_and_named_methods_win():
     assert named.config.recipe["selection_method"] == "klas"
     _, info = compute_plan(front, None, calib(), progress=False)
     assert info["method_source"] == "task default"
+    small, big = vision_pair()
+    plan, info = compute_plan(small, big, None, progress=False)  # two vision anchors: SN-Net's data-free rule
+    assert (plan.method, info["method_source"], info["forward_calls"]) == ("snnet", "task default",
+                                                                           {"front": 0, "back": 0})
     _, info = compute_plan(front, None, calib(), "theta", progress=False)
     assert info["method_source"] == "named" and info["cached"]  # same selector, same key: one cache entry
 

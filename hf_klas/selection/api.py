@@ -68,10 +68,10 @@ class SelectOptions:
                 "configuration to build."})
     method: str | None = field(default=None, metadata={
         "help": f"Selector: {', '.join(SELECTORS)}. Default: chosen per task by the selection-quality study "
-                "(hf_klas.selection.selectors.TASK_DEFAULTS: theta for a causal LM stitched to itself, "
-                f"{DEFAULT_METHOD} otherwise; README says how thin that evidence is). klas is always the paper's "
-                "Γ exactly. Without --method the command line takes KLAS's own flags (both defaults are "
-                "KLAS-family)."})
+                "(hf_klas.selection.selectors.TASK_DEFAULTS: theta for a causal LM stitched to itself, snnet "
+                f"for two vision anchors, {DEFAULT_METHOD} otherwise; README says how thin that evidence is). "
+                "klas is always the paper's Γ exactly. Without --method the command line takes KLAS's flags; "
+                "the ones the default selector shares carry over, others fail by name."})
     calibration: str | None = field(default=None, metadata={
         "help": "Calibration data: a .txt file (one sample per non-empty line), a .json/.jsonl file with a "
                 "'text' column, or a directory written by datasets' save_to_disk. Default: the offline "
@@ -475,8 +475,8 @@ def run_select(opts: SelectOptions | None = None, selector: SelectorConfig | Non
 
 def cli_options(run_name: str, argv: list[str]) -> list[type]:
     """``hf-klas select``'s flags: :class:`SelectOptions` and the chosen ``--method``'s own config (KLAS's
-    without ``--method``: every task default in ``TASK_DEFAULTS`` is KLAS-family, and :func:`choose_selector`
-    carries the flags over)."""
+    without ``--method``: the default depends on the anchors, unknown until they load, and
+    :func:`choose_selector` carries the shared flags over to it)."""
     method = DEFAULT_METHOD
     for k, arg in enumerate(argv):
         if arg in ("--method",) and k + 1 < len(argv):

@@ -19,7 +19,7 @@ ls_replacement     relative residual of a linear bridge over the skipped blocks 
 from __future__ import annotations
 
 from ...errors import HfKlasError
-from ...families import CAUSAL_LM
+from ...families import CAUSAL_LM, IMAGE_CLASSIFICATION
 from .base import DEFAULT_SEQ_LEN, Selector, SelectorConfig, valid_mask
 from .block_influence import BlockInfluenceSelector
 from .ce import CESelector
@@ -37,17 +37,20 @@ SELECTORS: dict[str, type[Selector]] = {
 }
 
 
-#: The selector ``from_anchors(..., budget_flops=...)``, ``hf-klas select`` and the demo use when none is named
-#: (chosen by the selection-quality study: it wins both ViT pairs; for self-stitching an LLM the study favours
-#: ``"theta"``, see README; ``"klas"`` is always the paper's Γ exactly).
+#: The selector for every case :data:`TASK_DEFAULTS` has no evidence for (cross-model causal LMs: no pair of two
+#: different LLMs could be studied offline) -- the paper's Γ. ``"klas"`` is always Γ exactly.
 DEFAULT_METHOD = "klas"
 
-#: The task-aware default rule, (task, self-stitching) -> selector; every other case takes DEFAULT_METHOD.
-#: Causal LMs stitched to themselves (depth pruning): "theta", from the selection study on SmolLM2-135M
-#: self-stitching (LoRA oracle: top-1 0.67 vs Γ's 0.00, regret 0.4 vs 16.1 perplexity; training-free: 0.83 vs
-#: 0.00), where Γ's capacity denominator sends every pick to resume at the last block. One 135M model, one task:
-#: README says where this evidence is thin.
-TASK_DEFAULTS: dict[tuple[str, bool], str] = {(CAUSAL_LM, True): "theta"}
+#: The task-aware default rule, (task, self-stitching) -> selector, each from the selection-quality study
+#: (benchmarks/results/selection_quality_v3.md and selection_quality.md; README "Which selector"):
+#: - causal LM stitched to itself (depth pruning): "theta". SmolLM2-135M, study v2 (LoRA oracle: top-1 0.67 vs
+#:   Γ's 0.00, regret 0.4 vs 16.1 perplexity), where Γ's capacity denominator sends every pick to resume at the
+#:   last block. One 135M model, one task, 16 evaluation texts.
+#: - cross-model vision: "snnet". Study v3, oracle = the demo's recipe, 3 zoo pairs, 16 buckets, 2 seeds: Γ mean
+#:   regret 0.07 points of accuracy, SN-Net's window 0.22, random 0.29 (Γ lower on 2 pairs, SN-Net on 1); every
+#:   gap is below the ~0.6-point paired sampling error of 5,000 validation images, so the evidence does not
+#:   separate them and the cheaper one is the default: SN-Net's rule runs no anchor on calibration data.
+TASK_DEFAULTS: dict[tuple[str, bool], str] = {(CAUSAL_LM, True): "theta", (IMAGE_CLASSIFICATION, False): "snnet"}
 
 
 def default_method(task: str, self_stitch: bool) -> str:
