@@ -286,9 +286,10 @@ def test_quick_run_via_benchmark_script(tiny_anchors, tmp_path):
 def test_the_study_never_reads_test_data(tiny_anchors, tmp_path, monkeypatch):
     """The study picks defaults, so no test image or test text may enter it: loading either fails here."""
     import hf_klas.data.debian_descriptions as debian
-    import hf_klas.study.runner as runner
+    import hf_klas.study.lm as lm_study
+    import hf_klas.study.vit as vit_study
 
-    real_images, real_texts = runner.load_fashion_mnist_arrays, debian.load_debian_descriptions
+    real_images, real_texts = vit_study.load_fashion_mnist_arrays, debian.load_debian_descriptions
     asked = []
 
     def images(split, *a, **k):
@@ -301,8 +302,8 @@ def test_the_study_never_reads_test_data(tiny_anchors, tmp_path, monkeypatch):
         assert split != "test", "the study read Debian test descriptions"
         return real_texts(split, *a, **k)
 
-    monkeypatch.setattr(runner, "load_fashion_mnist_arrays", images)
-    monkeypatch.setattr(runner, "load_debian_descriptions", texts)
+    monkeypatch.setattr(vit_study, "load_fashion_mnist_arrays", images)
+    monkeypatch.setattr(lm_study, "load_debian_descriptions", texts)
     front, back, lm = tiny_anchors
     run_quality(QualityOptions(quick=True, jobs=1, vit_pairs=[f"{front}:{back}"], lm_anchor=lm,
                                out_dir=str(tmp_path), progress=False, vit_selectors=["klas", "random"],
@@ -354,8 +355,8 @@ def test_lm_study_resumes_from_stored_parts(tiny_anchors, tmp_path):
     """A stored part is read back, not recomputed; a partial one is continued; resume=false starts over; the
     parts are deleted once the report is written; other options get another directory."""
     from hf_klas.loading import resolve_anchor
+    from hf_klas.study.lm import lm_store
     from hf_klas.study.parts import pair_key
-    from hf_klas.study.runner import lm_store
 
     lm = tiny_anchors[2]
     base = dict(quick=True, studies=["lm"], jobs=1, lm_anchor=lm, progress=False, name="r")

@@ -4,6 +4,8 @@
 * :mod:`~hf_klas.study.oracles` -- the ground truth: every configuration of a pool finetuned (or not) and measured;
 * :mod:`~hf_klas.study.statistics` -- correlations, top-1 per bucket, regret, the paper's recovery, AUC;
 * :mod:`~hf_klas.study.report` -- JSON, Markdown (with a verdict across studies) and plots;
+* :mod:`~hf_klas.study.vit` / :mod:`~hf_klas.study.lm` -- the ViT and SmolLM2 studies (data, protocols, oracles);
+* :mod:`~hf_klas.study.selector_runs` -- every selector on a pair, a study's metrics from its oracle and scores;
 * :mod:`~hf_klas.study.runner` -- :func:`run_quality`: the studies end to end, and re-analysis from a JSON.
 """
 
