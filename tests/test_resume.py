@@ -151,6 +151,22 @@ def test_resume_without_or_with_incomplete_checkpoints(pair, tmp_path):
     assert resolve_checkpoint(True, tmp_path / "empty").endswith("checkpoint-2")
     with pytest.raises(CheckpointError, match="incomplete"):
         resolve_checkpoint(str(broken), tmp_path / "empty")
+    # ... or with trainer_state.json cut short (killed mid-write): skipped as well
+    (broken / "trainer_state.json").write_text('{"global_step": 9, "log_hist')
+    assert resolve_checkpoint(True, tmp_path / "empty").endswith("checkpoint-2")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        resolve_checkpoint(str(broken), tmp_path / "empty")
+    # a kill while our callback writes hf_klas_training.json: the checkpoint's config.json is checked instead
+    ckpt = tmp_path / "empty" / "checkpoint-2"
+    assert json.loads((ckpt / TRAINING_INFO_FILE).read_text())["front_blocks"] == 2
+    assert not list(ckpt.glob("*.tmp")), "the info file is written by write-then-rename"
+    (ckpt / TRAINING_INFO_FILE).write_text("")
+    shutil.rmtree(broken)
+    assert trainer.train(resume_from_checkpoint=True).global_step == 2
+    (ckpt / TRAINING_INFO_FILE).write_text("")
+    with pytest.raises(CheckpointError, match="front_blocks=2, back_start=3"):
+        build_trainer(stitched(pair, 1, 2), args(tmp_path / "empty", max_steps=2), ds,
+                      mode="stitch").train(resume_from_checkpoint=True)
 
 
 def _cli(model_dir, data_file, out, steps):
@@ -185,8 +201,9 @@ def test_killed_process_resumes_from_its_last_checkpoint(pair, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "run" / "model.safetensors").exists()
-    subprocess.run(_cli(tmp_path / "model", data_file, tmp_path / "run", steps) + ["--resume_from_checkpoint", "last"],
-                   check=True, env=env, capture_output=True)
+    resumed = subprocess.run(_cli(tmp_path / "model", data_file, tmp_path / "run", steps)
+                             + ["--resume_from_checkpoint", "last"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"the resumed run failed:\n{resumed.stderr[-4000:]}"
     a = StitchedModelForCausalLM.from_pretrained(tmp_path / "ref").state_dict()
     b = StitchedModelForCausalLM.from_pretrained(tmp_path / "run").state_dict()
     same(a, b)

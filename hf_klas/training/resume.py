@@ -54,13 +54,24 @@ def describe_for_checkpoint(model) -> dict:
             "peft": is_peft(unwrap_ddp(model))}
 
 
+def _read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or cut short (a process killed while writing)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _read_checkpoint_info(checkpoint: Path) -> dict | None:
-    info_file = checkpoint / TRAINING_INFO_FILE
-    if info_file.is_file():
-        return json.loads(info_file.read_text())
-    config_file = checkpoint / "config.json"
-    if config_file.is_file():
-        cfg = json.loads(config_file.read_text())
+    info = _read_json(checkpoint / TRAINING_INFO_FILE)
+    if info is not None:
+        return info
+    if (checkpoint / TRAINING_INFO_FILE).exists():
+        logger.warning("%s in %s is unreadable (the run was probably killed while writing it); checking the "
+                       "checkpoint's config.json instead.", TRAINING_INFO_FILE, checkpoint)
+    cfg = _read_json(checkpoint / "config.json")
+    if cfg is not None:
         if cfg.get("front_blocks") is not None:
             return {"kind": "stitched", "front_blocks": cfg["front_blocks"], "back_start": cfg["back_start"],
                     "front": _part_summary_dict(cfg.get("front_config") or {}),
@@ -129,7 +140,8 @@ def _norm(value):
 
 def _complete_checkpoints(output_dir) -> list[Path]:
     """``checkpoint-<step>`` directories, newest first, that were fully written (the Trainer writes
-    ``trainer_state.json`` last, so a process killed while saving leaves a directory without it)."""
+    ``trainer_state.json`` last, so a process killed while saving leaves a directory without it, or with that
+    file cut short)."""
     found = []
     for path in Path(output_dir).glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
         m = re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)", path.name)
@@ -138,11 +150,11 @@ def _complete_checkpoints(output_dir) -> list[Path]:
     found.sort(reverse=True)
     complete = []
     for step, path in found:
-        if (path / TRAINER_STATE_NAME).is_file():
+        if _read_json(path / TRAINER_STATE_NAME) is not None:
             complete.append(path)
         else:
-            logger.warning("Skipping %s: it was not completely written (no %s; the run was probably killed "
-                           "while saving).", path, TRAINER_STATE_NAME)
+            logger.warning("Skipping %s: it was not completely written (no readable %s; the run was probably "
+                           "killed while saving).", path, TRAINER_STATE_NAME)
     return complete
 
 
@@ -163,8 +175,8 @@ def resolve_checkpoint(resume_from_checkpoint, output_dir) -> str | None:
         raise CheckpointError(f"The checkpoint {path} does not exist.",
                               "Pass an existing checkpoint-<step> directory, or resume_from_checkpoint=True for "
                               "the latest checkpoint in output_dir.")
-    if not (path / TRAINER_STATE_NAME).is_file():
-        raise CheckpointError(f"The checkpoint {path} is incomplete (no {TRAINER_STATE_NAME}): the run was "
+    if _read_json(path / TRAINER_STATE_NAME) is None:
+        raise CheckpointError(f"The checkpoint {path} is incomplete (no readable {TRAINER_STATE_NAME}): the run was "
                               "probably killed while saving it.",
                               "Resume from the previous checkpoint, or pass resume_from_checkpoint=True to pick "
                               "the newest complete one.")
@@ -180,6 +192,8 @@ class StitchCheckpointCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             ckpt = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if ckpt.is_dir():
-                (ckpt / TRAINING_INFO_FILE).write_text(json.dumps(self.info, indent=1) + "\n")
+            if ckpt.is_dir():  # write-then-rename: a kill mid-write never leaves a cut-short file behind
+                tmp = ckpt / (TRAINING_INFO_FILE + ".tmp")
+                tmp.write_text(json.dumps(self.info, indent=1) + "\n")
+                os.replace(tmp, ckpt / TRAINING_INFO_FILE)
         return control
