@@ -314,7 +314,7 @@ def load_stitched_model(name_or_path: str):
 
 def preprocessor_for(model, name_or_path: str | None = None):
     """The tokenizer / image processor saved with the model, else its anchors' (None when there is none)."""
-    pre = getattr(model, "_hf_klas_preprocessor", None)
+    pre = getattr(model, "preprocessor", None)
     if pre is not None:
         return pre
     candidates = [name_or_path] if name_or_path else []
@@ -333,7 +333,7 @@ def preprocessor_for(model, name_or_path: str | None = None):
         except Exception:  # noqa: BLE001 - no preprocessor there; try the next candidate
             pre = None
         if pre is not None:
-            model._hf_klas_preprocessor = pre
+            model.preprocessor = pre
             return pre
     return None
 

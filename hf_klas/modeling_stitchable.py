@@ -368,7 +368,7 @@ class StitchablePreTrainedModel:
         front_name = (cfg.anchors.get("front") or {}).get("name_or_path", "front")
         back_name = (cfg.anchors.get("back") or {}).get("name_or_path", "back")
         model.config.name_or_path = f"stitched({front_name}[:{i}] -> {back_name}[{j}:])"
-        model._hf_klas_preprocessor = getattr(self, "_hf_klas_preprocessor", None)
+        model.preprocessor = getattr(self, "preprocessor", None)
         if getattr(self, "generation_config", None) is not None and hasattr(model, "generation_config"):
             model.generation_config = copy.deepcopy(self.generation_config)
         return model.eval()

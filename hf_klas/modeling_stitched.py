@@ -10,6 +10,7 @@ This module ships inside stitched checkpoints (``trust_remote_code``): relative 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -153,6 +154,10 @@ class StitchedPreTrainedModel(PreTrainedModel):
 
     config_class = StitchedConfig
     base_model_prefix = "stitched"
+    #: The tokenizer or image processor the model was built with (its anchors'), or None. ``save_pretrained``
+    #: writes it beside the weights, so a saved stitch loads with AutoTokenizer / AutoImageProcessor as well;
+    #: hf_klas's evaluation and training read it from here.
+    preprocessor = None
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
@@ -228,37 +233,24 @@ class StitchedPreTrainedModel(PreTrainedModel):
         """Standard save, plus the tokenizer/image processor it was built with and a model card."""
         out = super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
-            preprocessor = getattr(self, "_hf_klas_preprocessor", None)
+            preprocessor = getattr(self, "preprocessor", None)
             if preprocessor is not None:
                 preprocessor.save_pretrained(save_directory)
             write_model_card(save_directory, self.config)
         return out
 
-    def push_to_hub(self, *args, **kwargs):
-        """The standard ``PushToHubMixin`` push, keeping our model card.
-
-        transformers replaces README.md with the repo's remote card, or a generic template when there is none;
-        we use the template's slot for our card (and replace our own older card), but a README a user wrote on
-        the Hub is kept.
-        """
-        import transformers.utils.hub as hub_utils
-        from huggingface_hub import ModelCard
-
-        original = hub_utils.create_and_tag_model_card
-        config = self.config
-
-        def card_for(repo_id, tags=None, token=None, **kw):
-            card = original(repo_id, tags, token=token, **kw)
-            text = str(card.content)
-            if CARD_MARKER in text or "has been automatically generated" in text:
-                card = ModelCard(render_model_card(config))
-            return card
-
-        hub_utils.create_and_tag_model_card = card_for
-        try:
-            return super().push_to_hub(*args, **kwargs)
-        finally:
-            hub_utils.create_and_tag_model_card = original
+    def _upload_modified_files(self, working_dir, *args, **kwargs):
+        """``PushToHubMixin.push_to_hub``'s last step, after it saved the model and put the Hub's card (or a
+        generic template when the repo has none) in ``working_dir/README.md``: our card takes the template's
+        place (and replaces our own older card); a README a user wrote on the Hub is kept. Overriding this step
+        of our own class, instead of patching transformers' hub module, keeps the push thread-safe; the
+        push_to_hub tests fail if transformers stops calling it."""
+        readme = os.path.join(working_dir, "README.md")
+        text = open(readme, encoding="utf-8").read() if os.path.isfile(readme) else ""
+        if not text or CARD_MARKER in text or "has been automatically generated" in text:
+            with open(readme, "w", encoding="utf-8") as f:
+                f.write(render_model_card(self.config))
+        return super()._upload_modified_files(working_dir, *args, **kwargs)
 
     def _sync_attn_implementation(self):
         impl = self.config._attn_implementation

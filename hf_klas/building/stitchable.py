@@ -105,7 +105,7 @@ def build_stitchable(front, back=None, configs=None, *, plan=None, calibration=N
     model.to(dtype)
     load_anchor_parts(model, front_anchor, back_anchor)
     init_stitches_identity(model)
-    model._hf_klas_preprocessor = back_anchor.load_preprocessor() or front_anchor.load_preprocessor()
+    model.preprocessor = back_anchor.load_preprocessor() or front_anchor.load_preprocessor()
     copy_generation_config(model, back_anchor)
     model.config.name_or_path = f"stitchable({front_anchor.name_or_path} -> {back_anchor.name_or_path})"
     if stitch_init == "least_squares":

@@ -155,7 +155,7 @@ def build_stitched(front: Anchor, back: Anchor, front_blocks: int, back_start: i
     init_identity([model.stitch])
     model.config.stitch_info = stitch_info(config)
     copy_generation_config(model, back)
-    model._hf_klas_preprocessor = back.load_preprocessor() or front.load_preprocessor()
+    model.preprocessor = back.load_preprocessor() or front.load_preprocessor()
     model.config.name_or_path = f"stitched({front.name_or_path}[:{front_blocks}] -> {back.name_or_path}[{back_start}:])"
     model.eval()
     return model

@@ -358,7 +358,7 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
             model = StitchedModel.from_anchors(front, back if back is not front else None, c.front_blocks,
                                                c.back_start, calibration=calibration, stitch_init=opts.stitch_init,
                                                progress=False)
-            pre = getattr(model, "_hf_klas_preprocessor", None) or front.load_preprocessor()
+            pre = getattr(model, "preprocessor", None) or front.load_preprocessor()
             res = measure(model.eval(), pre)
             flops, params = _cost(model, seq_len)
             series[name].append(ParetoPoint(name=f"stitch({c.front_blocks},{c.back_start})", flops=flops,

@@ -1,9 +1,11 @@
-"""Model-independent math of stitch selection: tensors in, matrices / candidate sets / plans out.
+"""Stitch selection: the math (tensors in, matrices / candidate sets / plans out), the selectors, and the API.
 
 - :mod:`.divergence` — streamed KL matrices Θ (exact and top-k), within-anchor KL, final-output KL.
 - :mod:`.scoring` — Γ, FLOPs buckets and the τ candidate set, budget picks, anchor-pair selection.
 - :mod:`.similarity` — the baselines' scores (1−CKA, LS-MSE, CE, block influence, LS replacement, random).
 - :mod:`.plan` — :class:`StitchPlan` (JSON round trip, budget choice, heatmap / FLOPs plots).
+- :mod:`.selectors` — one module per selector (KLAS's Γ, Θ, SN-Net, CKA, MSE, CE, block influence, ...), the
+  task-aware default; :mod:`.api` — :func:`~.api.compute_plan`, budgets, the plan cache, ``hf-klas select``.
 
 Every [m, n] matrix uses one convention: row i-1 ↔ front_blocks=i, column j ↔ back_start=j (see
 :mod:`.scoring`), and every score is lower-is-better.

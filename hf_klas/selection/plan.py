@@ -22,16 +22,10 @@ from typing import Any
 
 import torch
 
-from ..errors import BudgetError, HfKlasError
+from ..errors import BudgetError, HfKlasError, VersionError
 from ..flops import format_flops
 from ..version import __version__
 from .scoring import Candidate, all_configs
-
-try:  # added to errors.py alongside this module; keep loading working if it is absent
-    from ..errors import VersionError
-except ImportError:  # pragma: no cover
-    class VersionError(HfKlasError):
-        """A file written by a newer hf_klas than the one reading it."""
 
 __all__ = ["AnchorDescriptor", "PlanExistsError", "StitchPlan", "PLAN_FILE", "PLAN_FORMAT_VERSION"]
 

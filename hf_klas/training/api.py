@@ -162,8 +162,8 @@ def save_finetuned(model, output_dir, recipe: dict | None = None, merge: bool = 
     final = unwrap_model(final)
     if recipe:
         final.config.recipe = {**(final.config.recipe or {}), "finetune": recipe}
-    if preprocessor is not None and getattr(final, "_hf_klas_preprocessor", None) is None:
-        final._hf_klas_preprocessor = preprocessor
+    if preprocessor is not None and getattr(final, "preprocessor", None) is None:
+        final.preprocessor = preprocessor
     final.save_pretrained(str(output_dir), is_main_process=is_main_process)
     out["model"] = final
     return out

@@ -230,7 +230,7 @@ class StitchedSupernet(nn.Module):
             state.pop("lm_head.weight", None)  # the input embedding, stored once
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
         (directory / SUPERNET_CONFIG_FILE).write_text(json.dumps(self.supernet_config(), indent=1) + "\n")
-        pre = getattr(self.model, "_hf_klas_preprocessor", None)
+        pre = getattr(self.model, "preprocessor", None)
         if pre is not None:
             pre.save_pretrained(directory)
         return directory
