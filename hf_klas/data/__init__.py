@@ -1,4 +1,4 @@
-"""Offline datasets (Fashion-MNIST from Debian's IDX files, the frozen Debian synopsis task) and
+"""Offline datasets (Fashion-MNIST from Debian's IDX files, the frozen Debian synopsis task, frozen WordNet glosses) and
 :func:`get_dataset`, which turns any dataset name a command accepts into a ``datasets.Dataset``."""
 
 from __future__ import annotations
@@ -10,10 +10,11 @@ import datasets
 from ..errors import DataError
 from .debian_descriptions import load_debian_descriptions
 from .fashion_mnist import load_fashion_mnist, with_pixel_values
+from .wordnet_glosses import load_wordnet_glosses
 
 __all__ = ["BUILTIN_DATASETS", "get_dataset"]
 
-BUILTIN_DATASETS = ("debian_descriptions", "fashion_mnist")
+BUILTIN_DATASETS = ("debian_descriptions", "fashion_mnist", "wordnet_glosses")
 
 
 def get_dataset(name: str, split: str = "train", config: str | None = None, limit: int | None = None):
@@ -23,6 +24,8 @@ def get_dataset(name: str, split: str = "train", config: str | None = None, limi
     elif name == "fashion_mnist":
         ds = load_fashion_mnist(split, limit=limit)  # train / validation / test / train+validation
         ds = with_pixel_values(ds)
+    elif name == "wordnet_glosses":
+        ds = load_wordnet_glosses(split)
     else:
         path = Path(name)
         if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()):

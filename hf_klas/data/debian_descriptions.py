@@ -52,8 +52,6 @@ import io
 import json
 import os
 import platform
-import re
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +59,7 @@ import datasets
 import torch
 
 from ..errors import DataError
+from .text_overlap import SHINGLE_CHARS, SHINGLE_WORDS, connected_components, jaccard_matrix, shingles, words
 
 __all__ = ["DEFAULT_STATUS_PATH", "PROMPT_TEMPLATE", "FROZEN_FILE", "FROZEN_MANIFEST", "FROZEN_VERSION", "SPLITS",
            "NEAR_DUPLICATE_WORD_JACCARD", "NEAR_DUPLICATE_CHAR_JACCARD", "NEAR_DUPLICATE_PREFIX_CHARS",
@@ -89,8 +88,6 @@ NEAR_DUPLICATE_WORD_JACCARD = 0.5
 NEAR_DUPLICATE_CHAR_JACCARD = 0.4
 #: ... on the whole long descriptions or on their first this many characters.
 NEAR_DUPLICATE_PREFIX_CHARS = 250
-SHINGLE_WORDS = 3
-SHINGLE_CHARS = 5
 PROMPT_TEMPLATE = "Package description:\n{description}\nOne-line summary:"
 COLUMNS = ["package", "source", "synopsis", "description", "prompt", "target"]
 
@@ -170,38 +167,6 @@ def in_test_split(key: str, test_fraction: float) -> bool:
     return bucket < test_fraction
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-def _shingles(text: str) -> set:
-    """Word 3-shingles and character 5-shingles of the normalised text (lower-case words joined by one space)."""
-    words = _words(text)
-    joined = " ".join(words)
-    return ({("w",) + tuple(words[k:k + SHINGLE_WORDS]) for k in range(len(words) - SHINGLE_WORDS + 1)},
-            {joined[k:k + SHINGLE_CHARS] for k in range(len(joined) - SHINGLE_CHARS + 1)})
-
-
-def _jaccard_matrix(sets: list[set]) -> torch.Tensor:
-    """Pairwise Jaccard similarity of ``sets`` as one sparse product (0 where either set is empty)."""
-    vocab: dict = {}
-    rows, cols = [], []
-    for r, items in enumerate(sets):
-        for item in items:
-            rows.append(r)
-            cols.append(vocab.setdefault(item, len(vocab)))
-    n = len(sets)
-    x = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1), torch.ones(len(rows)),
-                                (n, max(1, len(vocab))), check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # torch calls its sparse product "beta"; the counts are exact small integers
-        warnings.simplefilter("ignore", UserWarning)
-        inter = torch.sparse.mm(x, x.t()).to_dense()
-    sizes = torch.tensor([float(len(items)) for items in sets])
-    union = sizes[:, None] + sizes[None, :] - inter
-    nonempty = (sizes[:, None] > 0) & (sizes[None, :] > 0)
-    return torch.where(nonempty, inter / union.clamp_min(1.0), torch.zeros(()))
-
-
 def near_duplicates(records: list[dict]) -> list[tuple[int, int]]:
     """Index pairs ``(a, b)``, ``a < b``, of near-duplicate records: the same normalised synopsis, or a Jaccard
     similarity at or above :data:`NEAR_DUPLICATE_WORD_JACCARD` between word 3-shingles, or above
@@ -210,10 +175,10 @@ def near_duplicates(records: list[dict]) -> list[tuple[int, int]]:
     short for a shingle are not near-duplicates by text."""
     hits = torch.zeros((len(records), len(records)), dtype=torch.bool)
     for cut in (None, NEAR_DUPLICATE_PREFIX_CHARS):
-        pairs = [_shingles(r["description"] if cut is None else _truncate(r["description"], cut)) for r in records]
-        hits |= _jaccard_matrix([w for w, _ in pairs]) >= NEAR_DUPLICATE_WORD_JACCARD
-        hits |= _jaccard_matrix([c for _, c in pairs]) >= NEAR_DUPLICATE_CHAR_JACCARD
-    synopsis = [" ".join(_words(r["synopsis"])) for r in records]
+        pairs = [shingles(r["description"] if cut is None else _truncate(r["description"], cut)) for r in records]
+        hits |= jaccard_matrix([w for w, _ in pairs]) >= NEAR_DUPLICATE_WORD_JACCARD
+        hits |= jaccard_matrix([c for _, c in pairs]) >= NEAR_DUPLICATE_CHAR_JACCARD
+    synopsis = [" ".join(words(r["synopsis"])) for r in records]
     for a in range(len(records)):
         for b in range(a + 1, len(records)):
             if synopsis[a] and synopsis[a] == synopsis[b]:
@@ -224,21 +189,11 @@ def near_duplicates(records: list[dict]) -> list[tuple[int, int]]:
 
 def split_groups(records: list[dict]) -> list[int]:
     """A group id per record: connected components of "same source package" or :func:`near_duplicates`."""
-    parent = list(range(len(records)))
-
-    def root(k):
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
     first_of_source: dict[str, int] = {}
     edges = list(near_duplicates(records))
     for k, r in enumerate(records):
         edges.append((first_of_source.setdefault(r["source"], k), k))
-    for a, b in edges:
-        parent[root(a)] = root(b)
-    return [root(k) for k in range(len(records))]
+    return connected_components(len(records), edges)
 
 
 def assign_splits(records: list[dict], test_fraction: float = TEST_FRACTION,

@@ -288,9 +288,9 @@ class LMStudy:
         anchor_name = Path(opts.lm_anchor).name
         studies = []
         for metric, higher, what in (
-                ("perplexity", False, f"perplexity on {len(self.eval_texts)} Debian descriptions (test split)"),
+                ("perplexity", False, f"perplexity on {len(self.eval_texts)} Debian descriptions (validation split)"),
                 ("rougeL", True, f"ROUGE-L (mean per-example F) of the first generated line "
-                                 f"({opts.lm_max_new_tokens} greedy tokens) on {len(self.refs)} test packages")):
+                                 f"({opts.lm_max_new_tokens} greedy tokens) on {len(self.refs)} validation packages")):
             anchor_value = free["anchor"][metric]
             if anchor_value is None:
                 continue
