@@ -21,12 +21,10 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import set_seed
 
 from .building import StitchedModel
 from .console import quiet_console, stage
@@ -53,13 +51,10 @@ from .evaluation import (
 from .families import CAUSAL_LM, family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops
 from .loading import resolve_anchor
-from .modeling_stitched import StitchedModelForCausalLM
 from .selection.api import compute_plan, select_anchors, select_for_budget
 from .selection.selectors import default_method
 from .training.data import prepare_causal_lm_dataset, prepare_image_dataset
-from .training.finetune import build_trainer
-from .training.lora import merge_lora
-from .training.recipes import VIT_RECIPE, finetune_arguments, finetune_full
+from .training.recipes import LM_HEAL_RECIPE, VIT_RECIPE, finetune_arguments, finetune_full, heal_lora
 from .zoo import VIT_ZOO
 
 
@@ -337,20 +332,11 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
 
     ds = prepare_causal_lm_dataset(train, tok, prompt_column="prompt", target_column="target", max_length=256)
 
+    recipe = replace(LM_HEAL_RECIPE, steps=steps)
+
     def lora_finetune(model):
-        """One recipe for the stitch and the anchor: LoRA r=16 (alpha 32) on the blocks' attention and MLP
-        projections, lr 2e-4, batch 4, the same steps and data order; the stitch layer also trains."""
-        set_seed(opts.seed)  # the LoRA matrices are drawn from the global RNG: the same draw for both
-        with tempfile.TemporaryDirectory() as tmp:
-            args = finetune_arguments(tmp, steps, 2e-4, 4, opts.seed)
-            if isinstance(model, StitchedModelForCausalLM):
-                trainer = build_trainer(model, args, ds, mode="lora", lora_r=16, processing_class=tok, quiet=True)
-                trainer.train()
-                return merge_lora(trainer.model)
-            targets = list(family_of(model.config).lora_targets)
-            peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
-            build_trainer(peft, args, ds, prepare=False, processing_class=tok, quiet=True).train()
-            return peft.merge_and_unload()
+        """One recipe for the stitch and the anchor (:data:`LM_HEAL_RECIPE`): the same steps and data order."""
+        return heal_lora(model, recipe, ds, tok, opts.seed)
 
     method = opts.method or default_method(CAUSAL_LM, self_stitch=True)
     chosen, plan = select_for_budget(anchor, None, budget_flops=opts.llm_budget, calibration=calibration,
@@ -375,7 +361,8 @@ def run_llm_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
             "chosen": {"front_blocks": chosen.front_blocks, "back_start": chosen.back_start, "flops": chosen.flops,
                        "flops_fraction": chosen.flops / full, "score": chosen.score},
             "rows": rows, "eval_examples": len(test), "finetune_steps": steps,
-            "finetune": {"mode": "lora", "lora_r": 16, "learning_rate": 2e-4, "batch": 4,
+            "finetune": {"mode": "lora", "lora_r": recipe.lora_r, "learning_rate": recipe.learning_rate,
+                         "batch": recipe.batch_size,
                          "train_examples": len(train)}}
 
 

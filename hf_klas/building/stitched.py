@@ -77,7 +77,8 @@ class StitchedModel:
                 the selector (``method``) choose the best configuration whose FLOPs fit the budget.
             method: the selector's name; None (default) takes the task's default
                 (``hf_klas.selection.selectors.TASK_DEFAULTS``: ``"theta"`` for a causal LM stitched to itself,
-                ``"klas"`` otherwise). ``"klas"`` is the paper's Γ exactly.
+                ``"snnet"`` for an image classifier stitched to another, ``"klas"`` otherwise). ``"klas"`` is the
+                paper's Γ exactly.
             budget_flops: FLOPs per sequence/image, or a fraction in (0, 1] of the back anchor's cost.
             calibration: strings, a ``datasets.Dataset``, or tensors (see ``hf_klas.calibration``); None uses
                 the documented offline default.

@@ -2,7 +2,13 @@
 
 from .accuracy import top1_accuracy, top1_correct
 from .generation import first_lines, generate_texts
-from .intervals import auc_difference, paired_bootstrap_difference, paired_difference, wilson_interval
+from .intervals import (
+    auc_difference,
+    paired_bootstrap_difference,
+    paired_difference,
+    paired_perplexity_ratio,
+    wilson_interval,
+)
 from .pareto import (
     AUC_DEFINITION,
     ParetoPoint,
@@ -12,7 +18,7 @@ from .pareto import (
     plot_pareto,
     write_pareto_table,
 )
-from .perplexity import perplexity
+from .perplexity import perplexity, text_nll
 from .rouge import ROUGE_METRIC_DIR, Rouge, load_rouge
 
 __all__ = [
@@ -28,8 +34,10 @@ __all__ = [
     "load_rouge",
     "paired_bootstrap_difference",
     "paired_difference",
+    "paired_perplexity_ratio",
     "pareto_front",
     "perplexity",
+    "text_nll",
     "plot_pareto",
     "top1_accuracy",
     "top1_correct",

@@ -21,7 +21,7 @@ from ..errors import DataError
 from .pareto import ParetoPoint, front_auc
 
 __all__ = ["Z95", "wilson_interval", "paired_difference", "bootstrap_accuracies", "auc_difference",
-           "paired_bootstrap_difference"]
+           "paired_bootstrap_difference", "paired_perplexity_ratio"]
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
@@ -140,3 +140,26 @@ def paired_bootstrap_difference(scores_a, scores_b, samples: int = 1000, seed: i
     lo, hi = (float(torch.quantile(reps, q)) for q in (tail, 1 - tail))
     return {"difference": float(d.mean()), "low": lo, "high": hi, "examples": d.numel(),
             "verdict": "A" if lo > 0 else "B" if hi < 0 else "tie"}
+
+
+def paired_perplexity_ratio(nll_a, nll_b, samples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Perplexity of A over perplexity of B on the same texts, with a paired bootstrap interval over texts.
+
+    ``nll_a`` / ``nll_b``: :func:`~hf_klas.evaluation.perplexity.text_nll` of both models on one text list (the
+    token counts must agree: same tokenizer, same texts). Each replicate resamples texts and pools tokens as
+    perplexity does; verdict ``"A"`` (A lower, better), ``"B"`` or ``"tie"`` (the interval contains 1)."""
+    a = torch.tensor([n for n, _ in nll_a], dtype=torch.float64)
+    b = torch.tensor([n for n, _ in nll_b], dtype=torch.float64)
+    tokens = torch.tensor([t for _, t in nll_a], dtype=torch.float64)
+    if a.numel() != b.numel() or a.numel() == 0 or [t for _, t in nll_b] != tokens.long().tolist():
+        raise DataError("paired_perplexity_ratio needs per-text NLLs of two models on the same texts (equal "
+                        "lengths and token counts).", "Score both models with text_nll on the same texts.")
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(a.numel(), (samples, a.numel()), generator=gen)
+    count = tokens[idx].sum(1).clamp_min(1.0)
+    reps = torch.exp((a[idx].sum(1) - b[idx].sum(1)) / count)
+    tail = (1 - level) / 2
+    lo, hi = (float(torch.quantile(reps, q)) for q in (tail, 1 - tail))
+    ratio = float(torch.exp((a.sum() - b.sum()) / tokens.sum().clamp_min(1.0)))
+    return {"ratio": ratio, "low": lo, "high": hi, "texts": a.numel(),
+            "verdict": "A" if hi < 1 else "B" if lo > 1 else "tie"}

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ._util import model_device, tokenizer_padding
 
-__all__ = ["perplexity"]
+__all__ = ["perplexity", "text_nll"]
 
 
 def _tensor_rows(input_ids, max_length: int | None) -> list[torch.Tensor]:
@@ -55,6 +55,15 @@ def perplexity(model, tokenizer, texts, max_length: int | None = 512, batch_size
     context). ``texts`` are strings (with ``tokenizer``; truncated to ``max_length`` tokens, right padding), or,
     with ``tokenizer=None``, pre-tokenised ``input_ids``: a 2-D LongTensor or a list of 1-D tensors.
     """
+    per_text = text_nll(model, tokenizer, texts, max_length=max_length, batch_size=batch_size, progress=progress)
+    return math.exp(sum(n for n, _ in per_text) / sum(t for _, t in per_text))
+
+
+def text_nll(model, tokenizer, texts, max_length: int | None = 512, batch_size: int = 8,
+             progress: bool = True) -> list[tuple[float, int]]:
+    """``(summed next-token NLL, predicted tokens)`` per text, in order (``(0.0, 0)`` for a text under 2 tokens):
+    what :func:`perplexity` pools, kept apart so a paired bootstrap over texts can put an interval on a
+    perplexity ratio (:func:`hf_klas.evaluation.intervals.paired_perplexity_ratio`)."""
     if batch_size < 1:
         raise DataError(f"batch_size={batch_size} must be >= 1.", "Pass a positive batch_size.")
     if tokenizer is None:
@@ -69,27 +78,28 @@ def perplexity(model, tokenizer, texts, max_length: int | None = 512, batch_size
             pad_id = tokenizer.pad_token_id
             enc = tokenizer(texts, truncation=max_length is not None, max_length=max_length)
         rows = [torch.tensor(r, dtype=torch.long) for r in enc["input_ids"]]
-    rows = [r for r in rows if len(r) >= 2]
-    if not rows:
+    usable = [k for k, r in enumerate(rows) if len(r) >= 2]
+    if not usable:
         raise DataError("No text has at least 2 tokens, so there is nothing to predict.",
                         "Pass longer texts (or a larger max_length).")
+    out = [(0.0, 0)] * len(rows)
     device = model_device(model)
     was_training = model.training
     model.eval()
-    total_nll = 0.0
-    total_tokens = 0
     try:
-        starts = range(0, len(rows), batch_size)
+        starts = range(0, len(usable), batch_size)
         for s in tqdm(starts, desc="perplexity", unit="batch", disable=not progress):
-            ids, mask = _pad(rows[s:s + batch_size], pad_id)
+            index = usable[s:s + batch_size]
+            ids, mask = _pad([rows[k] for k in index], pad_id)
             ids, mask = ids.to(device), mask.to(device)
             with torch.inference_mode():
                 logits = model(input_ids=ids, attention_mask=mask).logits
             labels = ids.masked_fill(mask == 0, -100)[:, 1:]
             nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                  ignore_index=-100, reduction="sum")
-            total_nll += float(nll)
-            total_tokens += int((labels != -100).sum())
+                                  ignore_index=-100, reduction="none").reshape(labels.shape).double().sum(1)
+            counts = (labels != -100).sum(1)
+            for k, n, c in zip(index, nll.tolist(), counts.tolist()):
+                out[k] = (float(n), int(c))
     finally:
         model.train(was_training)
-    return math.exp(total_nll / total_tokens)
+    return out

@@ -1,17 +1,24 @@
-"""The finetuning recipe hf_klas's evidence is measured with, in one place: ``hf-klas demo`` finetunes every ViT
-(anchors and stitches alike) with it, and the selection study's primary oracle ("demo" protocol) ranks
-configurations by it -- so the selector a user is given is judged on the training the user is shown."""
+"""The finetuning recipes hf_klas's evidence is measured with, in one place: ``hf-klas demo`` finetunes every ViT
+(anchors and stitches alike) with :data:`VIT_RECIPE`, and the selection study's primary oracle ("demo" protocol)
+ranks configurations by it -- so the selector a user is given is judged on the training the user is shown. The
+demo's LLM half and the depth-pruning benchmark heal self-stitched LMs (and the dense anchor, for a fair
+baseline) with :func:`heal_lora` under :data:`LM_HEAL_RECIPE`."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import tempfile
+from dataclasses import asdict, dataclass, replace
 
+from peft import LoraConfig, get_peft_model
 from transformers import TrainingArguments, set_seed
 
+from ..families import family_of
 from ..modeling_stitched import StitchedPreTrainedModel
 from .finetune import build_trainer
+from .lora import merge_lora
 
-__all__ = ["VitRecipe", "VIT_RECIPE", "finetune_arguments", "finetune_full"]
+__all__ = ["VitRecipe", "VIT_RECIPE", "LmHealRecipe", "LM_HEAL_RECIPE", "finetune_arguments", "finetune_full",
+           "heal_lora"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +74,61 @@ def finetune_full(model, args: TrainingArguments, train_dataset, *, anchor_lr_sc
                                 quiet=True)
     trainer.train()
     return trainer.model.eval()
+
+
+@dataclass(frozen=True)
+class LmHealRecipe:
+    """LoRA healing of a causal LM (a self-stitched one or the dense anchor): rank ``lora_r`` (scaling
+    ``lora_alpha``) on every block's attention and MLP projections, the stitch layer fully trained, lr
+    ``learning_rate`` after a 5% warm-up (cosine), batch ``batch_size``, ``steps`` steps; with ``distill`` the loss
+    mixes the label loss with the KL to the dense model's logits (``distill_alpha`` on the KL, temperature
+    ``distill_temperature``)."""
+
+    steps: int = 30
+    learning_rate: float = 2e-4
+    batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    distill: bool = False
+    distill_alpha: float = 0.5
+    distill_temperature: float = 2.0
+
+    def describe(self) -> str:
+        loss = (f"labels + KL to the dense model (alpha {self.distill_alpha:g}, T {self.distill_temperature:g})"
+                if self.distill else "labels")
+        return (f"{self.steps} LoRA steps (r={self.lora_r}, alpha {self.lora_alpha}, lr {self.learning_rate:g}, "
+                f"batch {self.batch_size}, stitch layer trained), loss: {loss}")
+
+    def with_distillation(self, distill: bool = True) -> LmHealRecipe:
+        return replace(self, distill=distill)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+#: The demo's LLM healing recipe (labels only, 30 steps).
+LM_HEAL_RECIPE = LmHealRecipe()
+
+
+def heal_lora(model, recipe: LmHealRecipe, train_dataset, tokenizer, seed: int, *, teacher=None):
+    """LoRA-finetune ``model`` (a stitched causal LM or a plain anchor, so both get the same extra training) with
+    ``recipe`` on ``train_dataset`` (prepared by ``prepare_causal_lm_dataset``); ``teacher`` (the dense model) is
+    required when ``recipe.distill``. Returns the merged model in eval mode."""
+    if recipe.distill and teacher is None:
+        raise ValueError("heal_lora: a distillation recipe needs teacher= (the dense model).")
+    distill = dict(teacher=teacher, distill_alpha=recipe.distill_alpha,
+                   distill_temperature=recipe.distill_temperature) if recipe.distill else {}
+    set_seed(seed)  # the LoRA matrices are drawn from the global RNG: the same draw for stitch and anchor
+    with tempfile.TemporaryDirectory() as tmp:
+        args = finetune_arguments(tmp, recipe.steps, recipe.learning_rate, recipe.batch_size, seed)
+        if isinstance(model, StitchedPreTrainedModel):
+            trainer = build_trainer(model, args, train_dataset, mode="lora", lora_r=recipe.lora_r,
+                                    lora_alpha=recipe.lora_alpha, processing_class=tokenizer, quiet=True, **distill)
+            trainer.train()
+            return merge_lora(trainer.model).eval()
+        targets = list(family_of(model.config).lora_targets)
+        peft = get_peft_model(model, LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=0.0,
+                                                target_modules=targets))
+        build_trainer(peft, args, train_dataset, prepare=False, processing_class=tokenizer, quiet=True,
+                      **distill).train()
+        return peft.merge_and_unload().eval()
