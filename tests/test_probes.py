@@ -10,7 +10,7 @@ from tiny import llama_pair, vision_pair
 from hf_klas.activations import run_prefix
 from hf_klas.anatomy import get_final_norm, get_head
 from hf_klas.errors import CalibrationError, HfKlasError, ProbeMismatchError
-from hf_klas.probes import LogitLens, Probe, ProbeNet, TunedLens, build_probe, load_probe
+from hf_klas.probes import PROBES, LogitLens, Probe, ProbeNet, TunedLens, build_probe, load_probe
 
 
 def lm_batch(seed=0, b=3, t=10, vocab=128):
@@ -129,7 +129,7 @@ def test_probenet_trains_and_refuses_language_models():
         build_probe("probenet", small, [], progress=False)
 
 
-@pytest.mark.parametrize("kind", ["logit_lens", "tuned_lens", "probenet"])
+@pytest.mark.parametrize("kind", sorted(PROBES))
 def test_save_load_round_trip(kind, tmp_path):
     if kind == "probenet":
         model, other = vision_pair("vit")

@@ -175,7 +175,7 @@ def test_every_selector_returns_a_plan_self_stitching(name):
     assert chosen.flops <= 0.8 * plan.anchor_flops[1]
 
 
-@pytest.mark.parametrize("name", ["klas", "snnet", "cka", "mse", "ce", "random"])
+@pytest.mark.parametrize("name", sorted(n for n, cls in SELECTORS.items() if not cls.self_stitch_only))
 def test_cross_model_selectors(name):
     front, back = llama_pair()
     plan = get_selector(name).select(front, back, lm_batches(2), progress=False)
@@ -188,11 +188,27 @@ def test_cross_model_selectors(name):
             (i + 1, j) for i, j in nearest_window(4, 6).nonzero().tolist()}
 
 
-@pytest.mark.parametrize("name", ["block_influence", "ls_replacement"])
+@pytest.mark.parametrize("name", sorted(n for n, cls in SELECTORS.items() if cls.self_stitch_only))
 def test_self_only_selectors_refuse_two_anchors(name):
     front, back = llama_pair()
     with pytest.raises(IncompatibleAnchorsError, match="self-stitching"):
         get_selector(name).select(front, back, lm_batches(1), progress=False)
+
+
+def test_a_selector_registers_itself_by_being_defined():
+    from hf_klas.selection.selectors.base import Selector, SelectorConfig
+
+    assert {"klas", "theta", "snnet", "block_influence", "ls_replacement"} <= set(SELECTORS)
+    assert all(cls.name == name for name, cls in SELECTORS.items())
+
+    class EchoSelector(Selector):
+        name = "test_echo"
+        config_class = SelectorConfig
+
+    try:
+        assert get_selector("test_echo").__class__ is EchoSelector
+    finally:
+        del SELECTORS["test_echo"]
 
 
 def test_same_seed_same_plan_and_options():

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from ...errors import HfKlasError
 from ...families import CAUSAL_LM, IMAGE_CLASSIFICATION
-from .base import DEFAULT_SEQ_LEN, Selector, SelectorConfig, valid_mask
+from .base import DEFAULT_SEQ_LEN, SELECTORS, Selector, SelectorConfig, valid_mask
 from .block_influence import BlockInfluenceSelector
 from .ce import CESelector
 from .cka import CKASelector
@@ -31,10 +31,8 @@ from .random import RandomSelector
 from .snnet import SNNetSelector, nearest_window
 from .theta import ThetaSelector
 
-SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (KlasSelector, ThetaSelector, SNNetSelector, CKASelector, MSESelector, CESelector,
-                              RandomSelector, BlockInfluenceSelector, LSReplacementSelector)
-}
+# Importing each selector's module registered it in SELECTORS (Selector.__init_subclass__); the names are kept
+# importable from here.
 
 
 #: The selector for every case :data:`TASK_DEFAULTS` has no evidence for (cross-model causal LMs: no pair of two

@@ -161,6 +161,11 @@ def flops_range(flops: torch.Tensor, valid: torch.Tensor, anchor_flops: tuple[fl
     return lo, hi
 
 
+#: Every selector by name. A subclass that sets its own ``name`` registers itself by being defined (as probes do),
+#: so a new selector is one module: define the class, import the module.
+SELECTORS: dict[str, type[Selector]] = {}
+
+
 class Selector:
     """Base class; subclasses set ``name`` and ``config_class`` and implement :meth:`score`."""
 
@@ -168,6 +173,11 @@ class Selector:
     config_class: ClassVar[type] = SelectorConfig
     self_stitch_only: ClassVar[bool] = False
     needs_data: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            SELECTORS[cls.name] = cls
 
     def __init__(self, config: SelectorConfig | None = None, **options):
         config = config if config is not None else self.config_class()
