@@ -9,17 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny import decoder_config
+from tiny import DECODER_FAMILIES, VISION_FAMILIES, decoder_config
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
-    DeiTConfig,
-    DeiTForImageClassification,
+    AutoModelForImageClassification,
     GPT2Config,
     LlamaConfig,
     ViTConfig,
-    ViTForImageClassification,
 )
 
 from hf_klas.anatomy import build_masks, find_blocks
@@ -64,17 +63,21 @@ def llm_configs() -> dict:
 def vit_configs() -> dict:
     small = dict(image_size=32, patch_size=8, num_channels=3, hidden_size=48, num_hidden_layers=2,
                  num_attention_heads=4, intermediate_size=96, num_labels=10)
-    return {"vit": ViTConfig(qkv_bias=False, **small), "deit": DeiTConfig(**small)}
+    features = {"vit": dict(qkv_bias=False)}  # what differs per family, switched on
+    # architectures=[]: the Auto class takes the family's default (DeiT's would fail on None in transformers 5.24)
+    return {family: AutoConfig.for_model(family, **small, **features.get(family, {}), architectures=[])
+            for family in VISION_FAMILIES}
 
 
-VISION_CLASSES = {"vit": ViTForImageClassification, "deit": DeiTForImageClassification}
+def test_every_family_has_a_tiny_config():
+    assert sorted(llm_configs()) == sorted(DECODER_FAMILIES) and sorted(vit_configs()) == sorted(VISION_FAMILIES)
 
 
 def build(config, attn: str = "eager"):
     torch.manual_seed(0)
     config._attn_implementation = attn
-    if config.model_type in VISION_CLASSES:
-        model = VISION_CLASSES[config.model_type](config)
+    if config.model_type in VISION_FAMILIES:
+        model = AutoModelForImageClassification.from_config(config, attn_implementation=attn)
     else:
         model = AutoModelForCausalLM.from_config(config, attn_implementation=attn)
     return model.eval()

@@ -4,19 +4,34 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
-    Gemma3TextConfig,
+    AutoModelForImageClassification,
     LlamaConfig,
     LlamaForCausalLM,
-    MistralConfig,
-    Qwen2Config,
-    Qwen3Config,
 )
 
-# One tiny config per supported decoder family, exercising what makes the family different. Adding a family
-# to hf_klas = one record in hf_klas/families.py + one entry here.
-DECODER_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+from hf_klas.families import CAUSAL_LM, FAMILIES, IMAGE_CLASSIFICATION
+
 WINDOW = 4  # sliding window of the windowed families: shorter than the test sequences
+
+#: What makes each decoder family different, switched on in its tiny config: family -> fields(layers, head_dim,
+#: window). The families come from hf_klas/families.py; adding one there without an entry here fails every
+#: family-parametrised test with a KeyError naming this table.
+DECODER_FEATURES = {
+    "llama": lambda layers, head_dim, window: dict(head_dim=head_dim, tie_word_embeddings=True),  # tied, GQA
+    "mistral": lambda layers, head_dim, window: dict(head_dim=head_dim, sliding_window=window),  # global window
+    # sliding window on the upper layers only (head_dim = hidden / heads)
+    "qwen2": lambda layers, head_dim, window: dict(use_sliding_window=True, sliding_window=window,
+                                                   max_window_layers=layers // 2),
+    "qwen3": lambda layers, head_dim, window: dict(head_dim=head_dim),  # q/k norm, explicit head_dim
+    # sliding/full pattern, scaled embeddings, final logit soft-cap, tied
+    "gemma3_text": lambda layers, head_dim, window: dict(
+        head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window,
+        layer_types=(["sliding_attention", "full_attention"] * layers)[:layers], final_logit_softcapping=30.0),
+}
+DECODER_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.task == CAUSAL_LM)
+VISION_FAMILIES = tuple(name for name, family in FAMILIES.items() if family.task == IMAGE_CLASSIFICATION)
 
 
 def decoder_config(family: str, wide: bool = False, layers: int = 4, vocab: int = 128, window: int = WINDOW,
@@ -28,21 +43,11 @@ def decoder_config(family: str, wide: bool = False, layers: int = 4, vocab: int 
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=256,
                   pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    if family == "llama":  # tied head, GQA
-        cls, extra = LlamaConfig, dict(head_dim=head_dim, tie_word_embeddings=True)
-    elif family == "mistral":  # one global sliding window for every layer
-        cls, extra = MistralConfig, dict(head_dim=head_dim, sliding_window=window)
-    elif family == "qwen2":  # sliding window on the upper layers only (head_dim = hidden / heads)
-        cls, extra = Qwen2Config, dict(use_sliding_window=True, sliding_window=window, max_window_layers=layers // 2)
-    elif family == "qwen3":  # q/k norm, explicit head_dim
-        cls, extra = Qwen3Config, dict(head_dim=head_dim)
-    elif family == "gemma3_text":  # sliding/full pattern, scaled embeddings, final logit soft-cap, tied
-        cls, extra = Gemma3TextConfig, dict(head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=window,
-                                            layer_types=(["sliding_attention", "full_attention"] * layers)[:layers],
-                                            final_logit_softcapping=30.0)
-    else:
-        raise KeyError(family)
-    return cls(**{**common, **extra, **overrides})
+    if family not in DECODER_FEATURES:
+        raise KeyError(f"tests/tiny.py has no tiny config for the decoder family {family!r}: add an entry to "
+                       "DECODER_FEATURES switching on what makes the family different.")
+    extra = DECODER_FEATURES[family](layers, head_dim, window)
+    return AutoConfig.for_model(family, **{**common, **extra, **overrides})
 
 
 def decoder_anchor(family: str, seed: int = 0, **kwargs):
@@ -67,16 +72,12 @@ def llama_pair(vocab: int = 128, seed: int = 0):
 
 def vision_pair(family: str = "vit", seed: int = 0, num_labels: int = 5):
     """Two tiny image classifiers of one family with different width and depth (like DeiT-Ti -> DeiT-S)."""
-    from transformers import DeiTConfig, DeiTForImageClassification, ViTConfig, ViTForImageClassification
-
-    vit = family == "vit"
-    cfg_cls, model_cls = (ViTConfig, ViTForImageClassification) if vit else (DeiTConfig, DeiTForImageClassification)
     labels = {k: f"class_{k}" for k in range(num_labels)}
     torch.manual_seed(seed)
     models = []
     for hidden, layers, heads in ((32, 3, 2), (48, 4, 3)):
-        models.append(model_cls(cfg_cls(
-            image_size=8, patch_size=4, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
+        models.append(AutoModelForImageClassification.from_config(AutoConfig.for_model(
+            family, image_size=8, patch_size=4, num_channels=1, hidden_size=hidden, num_hidden_layers=layers,
             num_attention_heads=heads, intermediate_size=2 * hidden, id2label=labels,
-            label2id={v: k for k, v in labels.items()})).eval())
+            label2id={v: k for k, v in labels.items()}, architectures=[])).eval())  # []: the family's default class
     return models[0], models[1]

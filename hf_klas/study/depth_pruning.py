@@ -200,10 +200,15 @@ def run_depth_pruning(opts: DepthPruningOptions, command: str | None = None) -> 
     shortgpt = store.get("criterion:block_influence", lambda: plan_scores("block_influence"))
     hidden = block_outputs(dense, batches)
     cos = cosine_run_distance(hidden, batches)
-    oracle_val = store.get("oracle:validation", lambda: {
-        f"{i},{j}": r["perplexity"] for (i, j), r in lm_self_stitch_oracle(
-            dense, sorted({c for cut_ in cuts.values() for c in cut_["candidates"]}), batches, val_batches,
-            ridge=opts.ridge).items()})
+    def oracle_search():
+        configs = sorted({c for cut_ in cuts.values() for c in cut_["candidates"]})
+        with tqdm(total=len(configs), desc="depth pruning: oracle search (validation perplexity)", unit="config",
+                  disable=not opts.progress) as obar:
+            found = lm_self_stitch_oracle(dense, configs, batches, val_batches, ridge=opts.ridge,
+                                          on_config=lambda *_: obar.update())
+        return {f"{i},{j}": r["perplexity"] for (i, j), r in found.items()}
+
+    oracle_val = store.get("oracle:validation", oracle_search)
 
     def pick(budget, label) -> tuple[int, int]:
         cands = cuts[budget]["candidates"]
