@@ -405,6 +405,36 @@ def test_run_evaluate_accuracy_perplexity_and_rouge(pair, tmp_path):
         run_evaluate(model=str(tmp_path / "lm"), dataset=data, metric="bleu", progress=False)
 
 
+def test_a_new_metric_is_one_class(pair, tmp_path):
+    """Defining a Metric subclass registers it: evaluate and pareto accept it, with its direction."""
+    from hf_klas.evaluation import api
+    from hf_klas.evaluation.metrics import METRICS, Metric
+    from hf_klas.families import CAUSAL_LM
+
+    class TokensSeen(Metric):
+        name = "test_tokens_seen"
+        task = CAUSAL_LM
+        higher_is_better = False
+        needs = ("logits",)
+        description = "input tokens (a test metric)"
+
+        @classmethod
+        def compute(cls, model, preprocessor, ds, opts):
+            return {"value": float(sum(len(r) for r in ds["input_ids"]))}
+
+    try:
+        lm = lm_stitch(pair)
+        lm.save_pretrained(tmp_path / "lm")
+        data = _jsonl(tmp_path / "ids.jsonl", lm_dataset(6))
+        assert "test_tokens_seen" in api.metric_names()  # what the options accept is read from the registry
+        res = api.run_evaluate(model=str(tmp_path / "lm"), dataset=data, metric="test_tokens_seen", progress=False)
+        expected = sum(len(r) for r in lm_dataset(6)["input_ids"])
+        assert res["value"] == expected and res["higher_is_better"] is False and res["metric"] == "test_tokens_seen"
+        assert METRICS["perplexity"].task == CAUSAL_LM and METRICS["accuracy"].higher_is_better
+    finally:
+        del METRICS["test_tokens_seen"]
+
+
 # ---- example scripts ----------------------------------------------------------------------------------------
 
 

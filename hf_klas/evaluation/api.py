@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..building import StitchedModel
+from ..building.fit import check_stitch_init
 from ..calibration import calibration_from_path
 from ..configuration_stitchable import StitchableConfig
 from ..configuration_stitched import StitchedConfig
@@ -33,24 +34,16 @@ from ..flops import anchor_flops, stitch_flops
 from ..loading import load_any, resolve_anchor, same_anchor
 from ..model_card import write_model_card
 from ..selection.plan import StitchPlan
-from ..training.data import prepare_image_dataset
-from . import (
-    ParetoPoint,
-    first_lines,
-    front_auc,
-    generate_texts,
-    load_rouge,
-    pareto_front,
-    perplexity,
-    plot_pareto,
-    top1_accuracy,
-    write_pareto_table,
-)
+from . import ParetoPoint, front_auc, pareto_front, plot_pareto, write_pareto_table
+from .metrics import METRICS as METRIC_REGISTRY
+from .metrics import ROUGE_TYPES
 
-__all__ = ["EvaluateOptions", "ParetoOptions", "run_evaluate", "run_pareto", "evaluate_model", "METRICS"]
+__all__ = ["EvaluateOptions", "ParetoOptions", "run_evaluate", "run_pareto", "evaluate_model", "metric_names"]
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-METRICS = ("auto", "perplexity", *ROUGE_TYPES, "accuracy")
+def metric_names() -> tuple[str, ...]:
+    """What ``metric=`` accepts: "auto" and every registered metric (:mod:`hf_klas.evaluation.metrics`), read
+    when asked, so a metric defined after import is accepted too."""
+    return ("auto", *METRIC_REGISTRY)
 
 
 @dataclass
@@ -58,7 +51,10 @@ class _EvalData:
     """Options shared by ``evaluate`` and ``pareto``: what to measure on which data."""
 
     metric: str = field(default="auto", metadata={
-        "help": "perplexity, rouge1/rouge2/rougeL/rougeLsum (generation), accuracy (images), or auto."})
+        "help": "; ".join(f"{name}: {cls.description} [{cls.task}; needs {', '.join(cls.needs)}]"
+                          for name, cls in METRIC_REGISTRY.items())
+                + "; auto: the task's first metric the data has columns for (LLMs: rouge1 with prompt/target "
+                  "columns, else perplexity; images: accuracy)."})
     dataset: str | None = field(default=None, metadata={
         "help": "Evaluation data: debian_descriptions, fashion_mnist, a .json/.jsonl/.csv/.parquet/.txt file, a "
                 "save_to_disk directory or a Hub dataset; default debian_descriptions (LLMs) / fashion_mnist "
@@ -128,17 +124,21 @@ class ParetoOptions(_EvalData):
 
 
 def _resolve_metric(metric: str, task: str, columns: list[str], opts: _EvalData) -> str:
-    if metric not in METRICS:
-        raise HfKlasError(f"Unknown metric {metric!r}.", f"Use one of {', '.join(METRICS)}.")
-    if task != CAUSAL_LM:
-        if metric not in ("auto", "accuracy"):
-            raise HfKlasError(f"Metric {metric!r} does not apply to an image classifier.", "Use metric='accuracy'.")
-        return "accuracy"
-    if metric == "accuracy":
-        raise HfKlasError("Top-1 accuracy applies to image classifiers, not causal LMs.",
-                          "Use perplexity or a ROUGE metric (rouge1, rouge2, rougeL).")
+    if metric not in metric_names():
+        raise HfKlasError(f"Unknown metric {metric!r}.", f"Use one of {', '.join(metric_names())}.")
+    mine = {name: cls for name, cls in METRIC_REGISTRY.items() if cls.task == task}
     if metric == "auto":
-        return "rouge1" if opts.prompt_column in columns and opts.target_column in columns else "perplexity"
+        ranked = sorted((cls.auto_priority, name) for name, cls in mine.items()
+                        if cls.auto_priority is not None and cls.applies(columns, opts))
+        if not ranked:
+            raise HfKlasError(f"No metric applies to a {task} model with columns {columns}.",
+                              f"Name one of {', '.join(mine)} and the columns it reads.")
+        return ranked[0][1]
+    if metric not in mine:
+        words = {CAUSAL_LM: "causal LMs"}
+        theirs = METRIC_REGISTRY[metric].task
+        raise HfKlasError(f"Metric {metric!r} applies to {words.get(theirs, 'image classifiers')}, not to "
+                          f"{words.get(task, 'image classifiers')}.", f"Use one of {', '.join(mine)}.")
     return metric
 
 
@@ -147,61 +147,13 @@ def _load_data(opts: _EvalData, task: str):
     return get_dataset(name, opts.split, opts.dataset_config, limit=opts.max_samples)
 
 
-def _check_columns(ds, wanted: list[str], what: str):
-    missing = [c for c in wanted if c not in ds.column_names]
-    if missing:
-        raise DataError(f"{what} needs column(s) {missing}; the dataset has {ds.column_names}.",
-                        "Pass --text_column / --prompt_column / --target_column naming your columns.")
-
-
 def evaluate_model(model, preprocessor, ds, metric: str, opts: _EvalData) -> dict:
-    """``{"metric": name, "value": v, ...}`` for one loaded model on an already loaded dataset."""
-    task = task_of(model)
-    metric = _resolve_metric(metric, task, ds.column_names, opts)
+    """``{"metric": name, "value": v, "higher_is_better": ..., ...}`` for one loaded model on a loaded dataset."""
+    metric = _resolve_metric(metric, task_of(model), ds.column_names, opts)
+    cls = METRIC_REGISTRY[metric]
     out: dict = {"metric": metric, "samples": len(ds)}
-    if metric == "accuracy":
-        data = prepare_image_dataset(ds, model.config.num_labels, preprocessor, image_column=opts.image_column,
-                                     label_column=opts.label_column)
-        out["value"] = top1_accuracy(model, data, batch_size=opts.batch_size, label_key="labels",
-                                     progress=opts.progress)
-        out["higher_is_better"] = True
-    elif metric == "perplexity":
-        cols = ds.column_names
-        if opts.text_column in cols:
-            texts = list(ds[opts.text_column])
-            if preprocessor is None and texts and not isinstance(texts[0], str):
-                raise DataError("The text column is not text.", "Pass a text column, or a pre-tokenised input_ids one.")
-        elif "input_ids" in cols:
-            import torch
-
-            texts = [torch.tensor(r, dtype=torch.long) for r in ds["input_ids"]]
-            preprocessor = None
-        elif opts.prompt_column in cols and opts.target_column in cols:
-            texts = [p + " " + t for p, t in zip(ds[opts.prompt_column], ds[opts.target_column])]
-        else:
-            _check_columns(ds, [opts.text_column], "Perplexity")
-        if preprocessor is None and texts and isinstance(texts[0], str):
-            raise DataError("Perplexity on text needs a tokenizer, and none was found with the model or anchors.",
-                            "Save the tokenizer with the model (or its anchors), or pass a pre-tokenised input_ids "
-                            "column.")
-        out["value"] = perplexity(model, preprocessor, texts, max_length=opts.max_length, batch_size=opts.batch_size,
-                                  progress=opts.progress)
-        out["higher_is_better"] = False
-    else:
-        _check_columns(ds, [opts.prompt_column, opts.target_column], "ROUGE")
-        if preprocessor is None:
-            raise DataError("ROUGE needs generated text, hence a tokenizer; none was found with the model or anchors.",
-                            "Save the tokenizer with the model (or its anchors).")
-        preds = generate_texts(model, preprocessor, list(ds[opts.prompt_column]), max_new_tokens=opts.max_new_tokens,
-                               batch_size=opts.batch_size, progress=opts.progress)
-        if opts.first_line_only:
-            preds = first_lines(preds)
-        scores = load_rouge(seed=opts.seed).compute(predictions=preds, references=list(ds[opts.target_column]))
-        out.update({k: float(v) for k, v in scores.items()})
-        out["value"] = float(scores[metric])
-        out["higher_is_better"] = True
-        out["examples"] = [{"prediction": p, "reference": r}
-                           for p, r in list(zip(preds, ds[opts.target_column]))[:3]]
+    out.update(cls.compute(model, preprocessor, ds, opts))
+    out["higher_is_better"] = cls.higher_is_better
     return out
 
 
@@ -224,8 +176,8 @@ def run_evaluate(opts: EvaluateOptions | None = None, **kwargs) -> dict:
     opts = _options(EvaluateOptions, opts, kwargs)
     if not opts.model:
         raise HfKlasError("No model to evaluate.", "Pass model=<stitched model dir, anchor alias, dir or Hub id>.")
-    if opts.metric not in METRICS:
-        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(METRICS)}.")
+    if opts.metric not in metric_names():
+        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(metric_names())}.")
     t0 = time.perf_counter()
     model, preprocessor, stitched = load_any(opts.model)
     ds = _load_data(opts, task_of(model))
@@ -285,10 +237,9 @@ def run_pareto(opts: ParetoOptions | None = None, **kwargs) -> dict:
     opts = _options(ParetoOptions, opts, kwargs)
     t0 = time.perf_counter()
     # ---- validate before evaluating or writing anything -----------------------------------------------------------
-    if opts.metric not in METRICS:
-        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(METRICS)}.")
-    if opts.stitch_init not in ("least_squares", "identity"):
-        raise HfKlasError(f"Unknown stitch_init {opts.stitch_init!r}.", "Use 'least_squares' or 'identity'.")
+    if opts.metric not in metric_names():
+        raise HfKlasError(f"Unknown metric {opts.metric!r}.", f"Use one of {', '.join(metric_names())}.")
+    check_stitch_init(opts.stitch_init)
     plan = None
     if opts.plan:
         plan = StitchPlan.load(opts.plan)

@@ -18,6 +18,7 @@ from ..calibration import calibration_batches
 from ..data.debian_descriptions import FROZEN_MANIFEST, load_debian_descriptions
 from ..errors import HfKlasError
 from ..evaluation import first_lines, generate_texts, load_rouge, perplexity
+from ..evaluation.metrics import METRICS
 from ..flops import DEFAULT_SEQ_LEN
 from ..loading import resolve_anchor
 from ..selection.scoring import assign_buckets, bucket_edges
@@ -287,10 +288,11 @@ class LMStudy:
                      f"per seed {opts.lm_lora_seeds}")
         anchor_name = Path(opts.lm_anchor).name
         studies = []
-        for metric, higher, what in (
-                ("perplexity", False, f"perplexity on {len(self.eval_texts)} Debian descriptions (validation split)"),
-                ("rougeL", True, f"ROUGE-L (mean per-example F) of the first generated line "
-                                 f"({opts.lm_max_new_tokens} greedy tokens) on {len(self.refs)} validation packages")):
+        for metric, what in (
+                ("perplexity", f"perplexity on {len(self.eval_texts)} Debian descriptions (validation split)"),
+                ("rougeL", f"ROUGE-L (mean per-example F) of the first generated line "
+                 f"({opts.lm_max_new_tokens} greedy tokens) on {len(self.refs)} validation packages")):
+            higher = METRICS[metric].higher_is_better
             anchor_value = free["anchor"][metric]
             if anchor_value is None:
                 continue
