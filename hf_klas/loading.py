@@ -33,6 +33,7 @@ from .configuration_stitchable import StitchableConfig
 from .configuration_stitched import StitchedConfig
 from .errors import HfKlasError
 from .families import CAUSAL_LM, family_of
+from .identity import AnchorDescriptor, fingerprint_config, weights_digest
 from .zoo import ALIASES, HUB_IDS, LOCAL, resolve_alias
 from .zoo.gguf import dequantize_gguf
 
@@ -167,7 +168,30 @@ class Anchor:
         return task_cls.from_pretrained(self.directory, **kwargs)
 
     def fingerprint(self) -> str:
+        """Shape fingerprint of the config plus the name (:func:`hf_klas.identity.fingerprint_config`)."""
         return fingerprint_config(self.config, self.name_or_path)
+
+    def cache_key(self) -> str:
+        """A cache key for this anchor's identity without loading it when possible: an in-memory model hashes its
+        weights (sampled digest), a checkpoint on disk its config numbers + path + weight files' size/mtime."""
+        if self.model is not None:
+            ident = {"shape": fingerprint_config(self.config, None), "weights": weights_digest(self.model)}
+        else:
+            files = []
+            if self.directory is not None:
+                for p in sorted(self.directory.glob("*.safetensors*")):
+                    st = p.stat()
+                    files.append([p.name, st.st_size, int(st.st_mtime)])
+            ident = {"shape": fingerprint_config(self.config, None), "dir": str(self.directory), "files": files,
+                     "revision": self.revision}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def descriptor(self) -> AnchorDescriptor:
+        """What a plan stores about this anchor (to refuse the plan with a different model)."""
+        cfg = self.config
+        return AnchorDescriptor(name_or_path=str(self.name_or_path), revision=self.revision,
+                                fingerprint=self.fingerprint(), num_blocks=int(cfg.num_hidden_layers),
+                                hidden_size=int(cfg.hidden_size), model_type=str(cfg.model_type))
 
     def load_preprocessor(self):
         """Tokenizer (LLM) or image processor (ViT) saved with the anchor, or None."""
@@ -203,16 +227,6 @@ class _ModuleTensors:
 
     def close(self):
         pass
-
-
-def fingerprint_config(config: PretrainedConfig, name: str | None = None) -> str:
-    """A short stable hash of what defines an anchor's shapes and identity (probes are tied to it)."""
-    d = config.to_dict()
-    keep = {k: d.get(k) for k in sorted(d) if k in {
-        "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-        "intermediate_size", "vocab_size", "head_dim", "image_size", "patch_size", "num_labels"}}
-    keep["name"] = str(name) if name is not None else None
-    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def resolve_anchor(spec, revision: str | None = None) -> Anchor:

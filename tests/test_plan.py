@@ -123,3 +123,23 @@ def test_plots_written(tmp_path):
     zero = _plan(score=torch.zeros(3, 4, dtype=torch.float64), candidates=[])
     assert zero.plot_heatmap(tmp_path / "z.png").exists()
     assert zero.plot_candidates(tmp_path / "z2.png").exists()
+
+
+def test_anchor_identity_lives_with_the_anchor(tmp_path):
+    """Key, descriptor and fingerprint come from the Anchor (hf_klas.identity): equal weights -> equal key (in
+    memory or reloaded from disk with unchanged files), other weights -> another key."""
+    from tiny import llama_pair
+
+    from hf_klas.identity import model_identity
+    from hf_klas.loading import resolve_anchor
+
+    front, _ = llama_pair(seed=0)
+    other, _ = llama_pair(seed=1)
+    a, b = resolve_anchor(front), resolve_anchor(other)
+    assert a.cache_key() == resolve_anchor(front).cache_key() and a.cache_key() != b.cache_key()
+    d = a.descriptor()
+    assert (d.num_blocks, d.hidden_size, d.model_type, d.fingerprint) == (4, 64, "llama", a.fingerprint())
+    front.save_pretrained(tmp_path / "m")
+    disk = resolve_anchor(str(tmp_path / "m"))
+    assert disk.cache_key() == resolve_anchor(str(tmp_path / "m")).cache_key()
+    assert model_identity(front)["weights"] == model_identity(disk.load_full())["weights"]

@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import fields, replace
 
 from ..errors import CalibrationError, HfKlasError
-from .base import PROBES, Probe, ProbeConfig, anchor_identity, weights_digest
+from ..identity import model_identity as anchor_identity
+from ..identity import weights_digest
+from .base import PROBES, Probe, ProbeConfig
 from .logit_lens import LogitLens, LogitLensConfig
 from .probenet import ProbeNet, ProbeNetConfig
 from .tuned_lens import TunedLens, TunedLensConfig

@@ -29,14 +29,14 @@ from pathlib import Path
 from typing import ClassVar, Sequence
 
 import torch
-from accelerate.utils import align_module_device
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..anatomy import final_logit_softcap, get_final_norm, get_head
 from ..errors import HfKlasError, ProbeMismatchError, VersionError
 from ..families import CAUSAL_LM, family_of
-from ..loading import fingerprint_config, resolve_anchor
+from ..identity import model_identity
+from ..loading import resolve_anchor
 from ..version import __version__
 
 PROBE_CONFIG_NAME = "probe_config.json"
@@ -67,45 +67,6 @@ class ProbeConfig:
 
 
 @torch.no_grad()
-def weights_digest(model: nn.Module, sample: int = 1024) -> str:
-    """A cheap digest of a model's weights: per tensor its name, shape, dtype, float64 sum and a strided
-    sample of ``sample`` values. Two anchors with one config but different weights (another seed, a
-    finetune) get different digests; reading it costs one pass over the weights, no hashing of gigabytes."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
-        if t.numel() == 0 or not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32)):
-            continue
-        if t.device.type == "meta":  # offloaded by accelerate: read it through its module's hook, as a forward does
-            t = offloaded_tensor(model, name)
-        flat = t.detach().reshape(-1)
-        h.update(repr(float(flat.double().sum())).encode())
-        step = max(1, flat.numel() // sample)
-        h.update(flat[::step][:sample].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def offloaded_tensor(model: nn.Module, name: str) -> torch.Tensor:
-    """The value of the offloaded tensor ``name`` (a ``state_dict`` key), loaded for a moment by its module's
-    accelerate hook; the module is offloaded again afterwards."""
-    path, _, attr = name.rpartition(".")
-    module = model.get_submodule(path) if path else model
-    with align_module_device(module):
-        return getattr(module, attr).detach().cpu().clone()
-
-
-def anchor_identity(model: nn.Module, name: str | None = None) -> dict:
-    """What a probe / cached plan records about its anchor: the shape fingerprint (config numbers, no name --
-    so re-loading the same checkpoint from another path still matches) and the weights digest."""
-    return {
-        "shape": fingerprint_config(model.config, None),
-        "weights": weights_digest(model),
-        "name_or_path": name or getattr(model, "name_or_path", None) or type(model).__name__,
-        "model_type": model.config.model_type,
-        "num_hidden_layers": int(model.config.num_hidden_layers),
-    }
-
-
 def _config_from_dict(config_class, data: dict):
     known = {f.name for f in fields(config_class)}
     return config_class(**{k: v for k, v in data.items() if k in known})
@@ -155,7 +116,7 @@ class Probe(nn.Module):
     @property
     def anchor_identity(self) -> dict:
         if self._identity is None:
-            self._identity = anchor_identity(self.anchor_model)
+            self._identity = model_identity(self.anchor_model)
         return self._identity
 
     @property
@@ -327,7 +288,7 @@ class Probe(nn.Module):
             raise ProbeMismatchError(f"{directory} holds a {kind!r} probe, not a {cls.probe_type!r} one.",
                                      f"Load it with Probe.load (any type) or {probe_cls.__name__}.load.")
         model = _anchor_model(anchor)
-        mine = anchor_identity(model)
+        mine = model_identity(model)
         theirs = record.get("anchor", {})
         for key, what in (("shape", "architecture (config numbers)"), ("weights", "weights")):
             if theirs.get(key) is not None and theirs.get(key) != mine[key]:

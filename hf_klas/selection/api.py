@@ -41,7 +41,7 @@ from .distributed import all_true, is_main_process, num_processes, wait_for_ever
 from .divergence import FinalOutputKLAccumulator
 from .plan import PLAN_FILE, PlanExistsError, StitchPlan
 from .selectors import DEFAULT_METHOD, SELECTORS, Selector, SelectorConfig, default_method, get_selector, selector_class
-from .selectors.base import anchor_key, descriptor, grids, load_model, same_anchor, valid_mask
+from .selectors.base import grids, load_model, same_anchor, valid_mask
 
 POLICIES = ("top_bucket", "lowest")
 
@@ -142,7 +142,7 @@ def parse_device_map(value):
 def plan_cache_key(front: Anchor, back: Anchor | None, method: str, method_params: dict, calibration_fp: str,
                    seq_len: int | None, image_size) -> str:
     payload = {
-        "front": anchor_key(front), "back": "self" if back is None else anchor_key(back), "method": method,
+        "front": front.cache_key(), "back": "self" if back is None else back.cache_key(), "method": method,
         "params": method_params, "calibration": calibration_fp, "seq_len": seq_len, "image_size": image_size,
         "hf_klas": __version__,
     }
@@ -172,7 +172,7 @@ def _dry_plan(front: Anchor, back: Anchor, same: bool, seq_len, image_size) -> S
     its FLOPs/params grids are handed on to the selector, so they are computed once."""
     flops, params, a_flops = grids(front.config, back.config, seq_len, image_size, same=same)
     m, n = flops.shape
-    return StitchPlan(method="budget-check", front=descriptor(front), back=descriptor(back),
+    return StitchPlan(method="budget-check", front=front.descriptor(), back=back.descriptor(),
                       score=torch.zeros(m, n, dtype=torch.float64), flops=flops, valid_mask=valid_mask(m, n, same),
                       anchor_flops=a_flops, params=params)
 
@@ -180,7 +180,7 @@ def _dry_plan(front: Anchor, back: Anchor, same: bool, seq_len, image_size) -> S
 def check_plan_matches(plan: StitchPlan, front: Anchor, back: Anchor) -> None:
     """Refuse a plan computed for other anchors (other block counts, widths, families or fingerprints)."""
     for side, desc, anchor in (("front", plan.front, front), ("back", plan.back, back)):
-        mine = descriptor(anchor)
+        mine = anchor.descriptor()
         for key in ("num_blocks", "hidden_size", "model_type", "fingerprint"):
             theirs = getattr(desc, key)
             if theirs and theirs != getattr(mine, key):

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import BudgetError, HfKlasError, VersionError
 from ..flops import format_flops
+from ..identity import AnchorDescriptor
 from ..version import __version__
 from .scoring import Candidate, all_configs
 
@@ -37,23 +38,6 @@ _MATRICES = ("score", "flops", "params", "theta")
 
 class PlanExistsError(HfKlasError):
     """A plan directory already holds plan.json and overwrite was not requested."""
-
-
-@dataclass
-class AnchorDescriptor:
-    """Which checkpoint an anchor was (enough to refuse a plan used with a different model)."""
-
-    name_or_path: str
-    revision: str | None = None
-    fingerprint: str = ""
-    num_blocks: int = 0
-    hidden_size: int = 0
-    model_type: str = ""
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "AnchorDescriptor":
-        return cls(**{k: d[k] for k in ("name_or_path", "revision", "fingerprint", "num_blocks", "hidden_size",
-                                        "model_type") if k in d})
 
 
 def _version_tuple(v: str) -> tuple[int, int]:

@@ -25,10 +25,9 @@ from ...anatomy import check_compatible, ties_embeddings
 from ...errors import CalibrationError, HfKlasError, IncompatibleAnchorsError
 from ...families import CAUSAL_LM, task_of
 from ...flops import DEFAULT_SEQ_LEN, anchor_flops, stitch_grid_flops, stitch_grid_params
-from ...loading import Anchor, fingerprint_config, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
-from ...probes.base import weights_digest
+from ...loading import Anchor, resolve_anchor, same_anchor  # noqa: F401 (re-exported)
 from ..distributed import process_state
-from ..plan import AnchorDescriptor, StitchPlan
+from ..plan import StitchPlan
 from ..scoring import bucket_edges, candidate_set
 
 #: ``SelectorConfig.dtype`` -> what ``from_pretrained(dtype=...)`` takes
@@ -90,25 +89,6 @@ def valid_mask(m: int, n: int, same: bool) -> torch.Tensor:
     return mask
 
 
-def anchor_key(anchor: Anchor) -> str:
-    """A cache key for an anchor's identity without loading it when possible: in-memory models hash their
-    weights (sampled digest), checkpoints on disk their config numbers + path + weight files' size/mtime."""
-    import hashlib
-    import json
-
-    if anchor.model is not None:
-        ident = {"shape": fingerprint_config(anchor.config, None), "weights": weights_digest(anchor.model)}
-    else:
-        files = []
-        if anchor.directory is not None:
-            for p in sorted(anchor.directory.glob("*.safetensors*")):
-                st = p.stat()
-                files.append([p.name, st.st_size, int(st.st_mtime)])
-        ident = {"shape": fingerprint_config(anchor.config, None), "dir": str(anchor.directory), "files": files,
-                 "revision": anchor.revision}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def load_model(anchor: Anchor, dtype: str = "float32", device_map=None, offload_folder: str | None = None):
     """The whole anchor for probing; in-memory models as they are.
 
@@ -128,13 +108,6 @@ def load_model(anchor: Anchor, dtype: str = "float32", device_map=None, offload_
     model = anchor.load_full(**kwargs)
     model.eval()
     return model
-
-
-def descriptor(anchor: Anchor) -> AnchorDescriptor:
-    cfg = anchor.config
-    return AnchorDescriptor(name_or_path=str(anchor.name_or_path), revision=anchor.revision,
-                            fingerprint=anchor.fingerprint(), num_blocks=int(cfg.num_hidden_layers),
-                            hidden_size=int(cfg.hidden_size), model_type=str(cfg.model_type))
 
 
 def grids(front_config, back_config, seq_len: int | None = None, image_size=None, same: bool = False):
@@ -263,7 +236,7 @@ class Selector:
                               self.config.cover_back_blocks)
         lm = task_of(front.config) == CAUSAL_LM
         plan = StitchPlan(
-            method=self.name, front=descriptor(front), back=descriptor(back), score=score, flops=flops,
+            method=self.name, front=front.descriptor(), back=back.descriptor(), score=score, flops=flops,
             valid_mask=valid, anchor_flops=a_flops, params=params, theta=result.theta,
             method_params=self.method_params(), seq_len=(seq_len or DEFAULT_SEQ_LEN) if lm else None,
             image_size=None if lm else _image_size(front.config, image_size), candidates=cands,
