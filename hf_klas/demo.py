@@ -52,6 +52,7 @@ from .families import CAUSAL_LM, family_of
 from .flops import DEFAULT_SEQ_LEN, anchor_flops
 from .loading import resolve_anchor
 from .selection.api import compute_plan, select_anchors, select_for_budget
+from .selection.scoring import spread_candidates
 from .selection.selectors import default_method
 from .training.data import prepare_causal_lm_dataset, prepare_image_dataset
 from .training.recipes import LM_HEAL_RECIPE, VIT_RECIPE, finetune_arguments, finetune_full, heal_lora
@@ -137,15 +138,6 @@ def _report_dir(opts: DemoOptions) -> Path:
     return out
 
 
-def spread(candidates: list, k: int, lo: float, hi: float) -> list:
-    """Up to ``k`` candidates strictly between FLOPs ``lo`` and ``hi``, evenly spread over that range by cost."""
-    inside = sorted((c for c in candidates if lo < c.flops < hi), key=lambda c: c.flops)
-    if len(inside) <= k:
-        return inside
-    picks = [inside[round(x * (len(inside) - 1) / max(k - 1, 1))] for x in range(k)]
-    return list({(c.front_blocks, c.back_start): c for c in picks}.values())
-
-
 # --- (a) ViT -------------------------------------------------------------------------------------------------
 def _interval(correct: torch.Tensor) -> dict:
     k, n = int(correct.sum()), correct.numel()
@@ -193,7 +185,7 @@ def run_vit_demo(opts: DemoOptions, out: Path, sizes: dict) -> dict:
     plan.plot_heatmap(out / "vit_score_heatmap.png")
     plan.plot_candidates(out / "vit_candidates.png")
     lo, hi = plan.anchor_flops
-    picks = spread(plan.candidates, sizes["vit_stitches"], lo, hi)
+    picks = spread_candidates(plan.candidates, sizes["vit_stitches"], lo, hi)
     in_range = [n for n, a in anchors.items() if lo <= anchor_flops(a.config).total <= hi]
 
     rows, correct = [], {}  # correct[(model, seed or None)] = per-test-image correctness

@@ -30,6 +30,7 @@ from ..flops import format_flops
 
 __all__ = [
     "Candidate",
+    "spread_candidates",
     "DEFAULT_EPS_ABS",
     "DEFAULT_EPS_REL",
     "all_configs",
@@ -283,3 +284,14 @@ def select_anchor_pair(final_kl, costs: Sequence[float], symmetric: bool = False
             if best is None or key < best[0]:
                 best = (key, (lo, hi))
     return best[1]
+
+
+def spread_candidates(candidates: list, k: int, lo: float, hi: float) -> list:
+    """Up to ``k`` candidates strictly between FLOPs ``lo`` and ``hi``, evenly spread over that range by cost (how
+    the demo and the front-payoff benchmark pick the stitches to finetune)."""
+    inside = sorted((c for c in candidates if lo < c.flops < hi), key=lambda c: c.flops)
+    if len(inside) <= k:
+        return inside
+    picks = [inside[round(x * (len(inside) - 1) / max(k - 1, 1))] for x in range(k)]
+    return list({(c.front_blocks, c.back_start): c for c in picks}.values())
+
