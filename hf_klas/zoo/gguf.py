@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -44,13 +45,20 @@ def dequantize_gguf(path: str | Path, out_dir: str | Path | None = None) -> Path
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = out.with_name(out.name + ".tmp")
+    # one temporary directory per process: two processes filling an empty cache at once (the study's side-by-side
+    # workers on a fresh machine) must not delete each other's half-written files
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(tmp)
-    tmp.rename(out)  # atomic: a killed run never leaves a half-written cache entry
+    try:
+        tmp.rename(out)  # atomic: a killed run never leaves a half-written cache entry
+    except OSError:
+        if not (out / "model.safetensors").is_file():  # not another process's finished entry: a real failure
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process finished first: its entry is the same data
     return out
 
 
