@@ -383,7 +383,9 @@ def _pct(x) -> str:
 
 
 def render_markdown(report: dict) -> str:
-    lines = [f"# Depth pruning: {report['anchor'].get('spec', report['anchor'])}, {report['blocks']} blocks", "",
+    anchor = report["anchor"]
+    name = anchor.get("hub_id") or anchor.get("name_or_path") if isinstance(anchor, dict) else anchor
+    lines = [f"# Depth pruning: {name}, {report['blocks']} blocks", "",
              f"Default selector: `{report['default_selector']}`. FLOPs {report['flops_unit']}. "
              f"{report.get('data', {}).get('general_english', '')}; {report.get('data', {}).get('task', '')}.", ""]
     for stage in report["stages"]:
