@@ -40,10 +40,14 @@ from .theta import ThetaSelector
 DEFAULT_METHOD = "klas"
 
 #: The task-aware default rule, (task, self-stitching) -> selector, each from the selection-quality study
-#: (benchmarks/results/selection_quality_v3.md and selection_quality.md; README "Which selector"):
-#: - causal LM stitched to itself (depth pruning): "theta". SmolLM2-135M, study v2 (LoRA oracle: top-1 0.67 vs
-#:   Γ's 0.00, regret 0.4 vs 16.1 perplexity), where Γ's capacity denominator sends every pick to resume at the
-#:   last block. One 135M model, one task, 16 evaluation texts.
+#: (benchmarks/results/selection_quality_v3.md and selection_quality_v3_lm.md; README "Which selector"):
+#: - causal LM stitched to itself (depth pruning): "theta". SmolLM2-135M, study v3 (validation data): the best
+#:   training-free selector on task perplexity (top-1 0.83, regret 0.3 vs >= 0.8), tied with CE/CKA/MSE/ShortGPT
+#:   after LoRA; Γ's capacity denominator sends every pick to resume at the last block (regret 24.6). The
+#:   depth-pruning benchmark (benchmarks/results/depth_pruning.md) agrees on the task (ROUGE-L above ShortGPT
+#:   training-free at every budget) but not on general English, where ShortGPT's run without a bridge is 1.10-1.41x
+#:   lower in perplexity: the README says so and recommends block_influence + identity for that use. One 135M
+#:   model, one task, 16 evaluation texts.
 #: - cross-model vision: "snnet". Study v3, oracle = the demo's recipe, 3 zoo pairs, 16 buckets, 2 seeds: Γ mean
 #:   regret 0.07 points of accuracy, SN-Net's window 0.22, random 0.29 (Γ lower on 2 pairs, SN-Net on 1); every
 #:   per-pair gap is at most 0.5 points, inside the sampling error of accuracy on 5,000 validation images (±1.4
