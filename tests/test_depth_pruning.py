@@ -55,8 +55,8 @@ def hidden_states(lm, texts, max_length):
     tok = anchor.load_preprocessor()
     model = AutoModelForCausalLM.from_pretrained(lm).eval()
     hs, masks = [], []
-    for k in range(0, len(texts), 8):
-        enc = tok(texts[k:k + 8], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+    for text in texts:  # one text at a time: no padding, so nothing depends on the tokenizer's pad token
+        enc = tok(text, return_tensors="pt", truncation=True, max_length=max_length)
         with torch.no_grad():
             out = model(**enc, output_hidden_states=True)
         hs.append(torch.stack(out.hidden_states[:-1]))  # the last entry is after the final norm: not a block input

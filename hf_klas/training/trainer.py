@@ -117,7 +117,8 @@ class StitchTrainer(Trainer):
                 g.pop("hf_klas_group")
             self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
             return self.optimizer
-        return super().create_optimizer(model)
+        # transformers 5.0's create_optimizer takes no model (later versions accept one): pass it only when given
+        return super().create_optimizer() if model is None else super().create_optimizer(model)
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         checkpoint = resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
