@@ -18,7 +18,7 @@ from .pareto import (
     plot_pareto,
     write_pareto_table,
 )
-from .perplexity import perplexity, text_nll
+from .perplexity import perplexity, pooled_perplexity, text_nll
 from .rouge import ROUGE_METRIC_DIR, Rouge, load_rouge
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "paired_perplexity_ratio",
     "pareto_front",
     "perplexity",
+    "pooled_perplexity",
     "text_nll",
     "plot_pareto",
     "top1_accuracy",

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError
 from ._util import model_device, tokenizer_padding
 
-__all__ = ["perplexity", "text_nll"]
+__all__ = ["perplexity", "pooled_perplexity", "text_nll"]
 
 
 def _tensor_rows(input_ids, max_length: int | None) -> list[torch.Tensor]:
@@ -55,8 +55,14 @@ def perplexity(model, tokenizer, texts, max_length: int | None = 512, batch_size
     context). ``texts`` are strings (with ``tokenizer``; truncated to ``max_length`` tokens, right padding), or,
     with ``tokenizer=None``, pre-tokenised ``input_ids``: a 2-D LongTensor or a list of 1-D tensors.
     """
-    per_text = text_nll(model, tokenizer, texts, max_length=max_length, batch_size=batch_size, progress=progress)
-    return math.exp(sum(n for n, _ in per_text) / sum(t for _, t in per_text))
+    return pooled_perplexity(text_nll(model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                      progress=progress))
+
+
+def pooled_perplexity(per_text) -> float:
+    """exp(summed NLL / predicted tokens) over :func:`text_nll`'s ``(nll, tokens)`` pairs: the pooling
+    :func:`perplexity` does, for callers that keep the per-text values (e.g. for intervals)."""
+    return math.exp(sum(n for n, _ in per_text) / max(1, sum(t for _, t in per_text)))
 
 
 def text_nll(model, tokenizer, texts, max_length: int | None = 512, batch_size: int = 8,

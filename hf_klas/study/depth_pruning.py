@@ -46,6 +46,7 @@ from ..evaluation import (
     load_rouge,
     paired_bootstrap_difference,
     paired_perplexity_ratio,
+    pooled_perplexity,
     text_nll,
 )
 from ..flops import DEFAULT_SEQ_LEN
@@ -137,10 +138,6 @@ class _Store:
         return self.data[name]
 
 
-def _ppl(nll) -> float:
-    return math.exp(sum(n for n, _ in nll) / max(1, sum(t for _, t in nll)))
-
-
 def run_depth_pruning(opts: DepthPruningOptions, command: str | None = None) -> dict:
     """Run the benchmark; writes ``<out_dir>/<name>.{json,md,png}`` and returns the report."""
     t_start = time.perf_counter()
@@ -228,20 +225,20 @@ def run_depth_pruning(opts: DepthPruningOptions, command: str | None = None) -> 
     del hidden
 
     # ---- evaluation -------------------------------------------------------------------------------------------
-    def measure(model, with_validation: bool) -> dict:
+    def measure(model) -> dict:
+        """Test numbers (the results) and validation numbers (the healing recipe's choice) of one model."""
         out = {"wordnet_test_nll": text_nll(model, tok, wn_test, max_length=opts.max_length, progress=False)}
         preds = first_lines(generate_texts(model, tok, list(deb_test["prompt"]), max_new_tokens=opts.max_new_tokens,
                                            batch_size=16, progress=False))
         out["rougeL_test"] = [float(x) for x in rouge.compute(predictions=preds, references=list(deb_test["target"]),
                                                               use_aggregator=False)["rougeL"]]
         out["examples"] = [{"reference": r, "prediction": y} for r, y in list(zip(deb_test["target"], preds))[:2]]
-        if with_validation:
-            out["wordnet_validation_perplexity"] = _ppl(text_nll(model, tok, wn_val, max_length=opts.max_length,
-                                                                 progress=False))
-            vp = first_lines(generate_texts(model, tok, list(deb_val["prompt"]), max_new_tokens=opts.max_new_tokens,
-                                            batch_size=16, progress=False))
-            out["rougeL_validation"] = float(np.mean(rouge.compute(predictions=vp, references=list(deb_val["target"]),
-                                                                   use_aggregator=False)["rougeL"]))
+        out["wordnet_validation_perplexity"] = pooled_perplexity(text_nll(model, tok, wn_val,
+                                                                          max_length=opts.max_length, progress=False))
+        vp = first_lines(generate_texts(model, tok, list(deb_val["prompt"]), max_new_tokens=opts.max_new_tokens,
+                                        batch_size=16, progress=False))
+        out["rougeL_validation"] = float(np.mean(rouge.compute(predictions=vp, references=list(deb_val["target"]),
+                                                               use_aggregator=False)["rougeL"]))
         return out
 
     def pruned(i, j, bridge):
@@ -271,21 +268,21 @@ def run_depth_pruning(opts: DepthPruningOptions, command: str | None = None) -> 
             return res
         return run
 
-    results = {"dense": {"free": store.get("dense:free", timed(lambda: measure(dense, True)))}}
+    results = {"dense": {"free": store.get("dense:free", timed(lambda: measure(dense)))}}
     bar.update()
     for (i, j), bridge in models:
         name = f"{i},{j},{bridge}"
-        results[name] = {"free": store.get(f"{name}:free", timed(lambda: measure(pruned(i, j, bridge), True)))}
+        results[name] = {"free": store.get(f"{name}:free", timed(lambda: measure(pruned(i, j, bridge))))}
         bar.update()
     for rname, recipe in recipes.items():
         teacher = dense if recipe.distill else None
         results["dense"][rname] = store.get(f"dense:{rname}", timed(lambda: measure(heal_lora(
-            copy.deepcopy(dense), recipe, heal_data, tok, opts.seed, teacher=teacher), True)))
+            copy.deepcopy(dense), recipe, heal_data, tok, opts.seed, teacher=teacher))))
         bar.update()
         for (i, j), bridge in models:
             name = f"{i},{j},{bridge}"
             results[name][rname] = store.get(f"{name}:{rname}", timed(lambda: measure(heal_lora(
-                pruned(i, j, bridge), recipe, heal_data, tok, opts.seed, teacher=teacher), True)))
+                pruned(i, j, bridge), recipe, heal_data, tok, opts.seed, teacher=teacher))))
             bar.update()
     bar.close()
 
@@ -323,7 +320,7 @@ def _report(opts, cuts, picks, results, recipes, default, dense_flops, n) -> dic
                    "bridge": bridge, "flops_fraction": cuts[budget]["flops_fraction"]}
             for stage in stages:
                 r, ref, base = res[stage], ours[stage], dense[stage]
-                ppl, dppl = _ppl(r["wordnet_test_nll"]), _ppl(base["wordnet_test_nll"])
+                ppl, dppl = pooled_perplexity(r["wordnet_test_nll"]), pooled_perplexity(base["wordnet_test_nll"])
                 rl, drl = float(np.mean(r["rougeL_test"])), float(np.mean(base["rougeL_test"]))
                 entry = {"wordnet_ppl": ppl, "ppl_retention": dppl / ppl, "rougeL": rl,
                          "rougeL_retention": rl / drl if drl else None,
@@ -336,7 +333,7 @@ def _report(opts, cuts, picks, results, recipes, default, dense_flops, n) -> dic
                         ref["rougeL_test"], r["rougeL_test"], samples=opts.bootstrap_samples, seed=opts.seed)
                 row[stage] = entry
             rows.append(row)
-    dense_rows = {stage: {"wordnet_ppl": _ppl(dense[stage]["wordnet_test_nll"]),
+    dense_rows = {stage: {"wordnet_ppl": pooled_perplexity(dense[stage]["wordnet_test_nll"]),
                           "rougeL": float(np.mean(dense[stage]["rougeL_test"])),
                           "wordnet_validation_ppl": dense[stage].get("wordnet_validation_perplexity"),
                           "rougeL_validation": dense[stage].get("rougeL_validation")} for stage in stages}
